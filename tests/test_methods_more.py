@@ -28,12 +28,13 @@ from unlearn.runtime import Runtime
 from unlearn.tasks.base import Task
 from unlearn.tasks.classification import ClassificationTask
 
-# Settings strong enough that forgetting is unmistakable on 400 digits in a second or two.
+# Settings strong enough that forgetting is unmistakable on 300 digits in a second or two, with margin: at 3
+# epochs salun_soft reached UA 3.3 (< 5) under torch 2.14; 5 epochs give 13.3.
 FORGETTING_RUNS = {
     "be": ["method=be", "method.lr=0.01", "method.epochs=5", "method.batch_size=16"],
     "bs": ["method=bs", "method.lr=0.01", "method.epochs=5", "method.batch_size=16"],
     "scrub": ["method=scrub", "method.lr=0.05", "method.epochs=2", "method.max_epochs=2", "method.forget_batch_size=4"],
-    "salun_soft": ["method=salun_soft", "method.lr=0.05", "method.epochs=3", "method.batch_size=32"],
+    "salun_soft": ["method=salun_soft", "method.lr=0.05", "method.epochs=5", "method.batch_size=32"],
     "iu": ["method=iu", "method.alpha=30", "method.num_samples=100"],
     "ff": ["method=ff", "method.max_std=0.1", "method.num_samples=100"],
 }
