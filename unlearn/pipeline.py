@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
+from unlearn.attribution import Attribution, Trak
 from unlearn.cache import Cache, content_key
 from unlearn.config import build, plain
 from unlearn.data.forget import ForgetBuilder, ForgetSet, Reference
@@ -73,8 +74,14 @@ class Experiment:
         if self.n_models > 1 and not self.task.has_example_statistics:
             raise ConfigError(f"eval.oracles={self.n_models} needs a per-example statistic, which the "
                               f"{self.task.kind} task does not define; use eval.oracles=1")
+        self.attributor: Trak = build(cfg.attribution)
         self._data: tuple[DataBundle, str] | None = None
         self._forget: tuple[ForgetSet, str] | None = None
+        self._attribution: Attribution | None = None
+        # Wall time spent building cached artifacts on a method's request (kept out of its RTE), and what
+        # those artifacts cost to make, cached or not (recorded in the row's timings as precompute_s).
+        self._building_seconds = 0.0
+        self._precompute_seconds: dict[str, float] = {}
 
     # ---- models -------------------------------------------------------------------------------
     def new_model(self, model_seed: int, stage: str) -> nn.Module:
@@ -197,16 +204,59 @@ class Experiment:
         forget, forget_key, cached = self.forget_set(original, original_key)
         timings.update(forget_s=time.perf_counter() - t0, forget_cached=cached)
 
-        # With pruning, the oracle is the sparse retrain: the original's masks, trained from scratch on retain.
-        masks = original_payload.get("masks")
-        oracle_key = content_key("oracle", **self._common_key_fields(model_seed), forget=forget.indices, masks=masks)
         t0 = time.perf_counter()
-        retain = data.train.subset(forget.retain_indices(len(data.train)))
-        payload, cached = self.cache.get_or_compute(
-            oracle_key, lambda: self._train(model_seed, retain, "oracle", on_epoch, masks=masks), "oracle (retrain)")
+        payload, oracle_key, cached = self._oracle(model_seed, original_payload.get("masks"), on_epoch)
         oracle = self.model_from_state(payload)
         timings.update(oracle_s=time.perf_counter() - t0, oracle_cached=cached)
         return Artifacts(model_seed, original, original_key, oracle, oracle_key, payload["train_seconds"], timings)
+
+    def _oracle(self, model_seed: int, masks: dict | None, on_epoch=None) -> tuple[dict[str, Any], str, bool]:
+        """The retrain on D \\ F for `model_seed`. With pruning it is the sparse retrain: the original's masks,
+        trained from scratch on retain."""
+        data, _ = self.data()
+        forget = self._forget[0]
+        key = content_key("oracle", **self._common_key_fields(model_seed), forget=forget.indices, masks=masks)
+        retain = data.train.subset(forget.retain_indices(len(data.train)))
+        payload, cached = self.cache.get_or_compute(
+            key, lambda: self._train(model_seed, retain, "oracle", on_epoch, masks=masks), "oracle (retrain)")
+        return payload, key, cached
+
+    def member_seeds(self, n: int, namespace: str = "member") -> list[int]:
+        """Model seeds of a population: the run's own seed first (for the default namespace), then derived ones.
+        Population members and the attribution ensemble share them, so they share cached originals."""
+        first = [self.seed] if namespace == "member" else []
+        derived = [derive_seed(self.seed, namespace, str(i)) % 2**31 for i in range(len(first), n)]
+        return first + derived
+
+    def attribution(self) -> Attribution:
+        """TRAK attribution from an ensemble of originals (the population's first `attribution.models`),
+        cached by those originals, the data and the attribution settings; computed once per experiment."""
+        if self._attribution is None:
+            start = time.perf_counter()
+            data, data_key = self.data()
+            originals = [self._original(seed, None) for seed in self.member_seeds(self.attributor.models)]
+            models = [self.model_from_state(payload) for payload, _, _ in originals]
+            key = content_key("attribution", data=data_key, originals=[k for _, k, _ in originals],
+                              attributor=self.attributor.cache_fields())
+            payload, _ = self.cache.get_or_compute(key, lambda: self.attributor.fit(models, data.train, self.runtime),
+                                                   "attribution (TRAK)")
+            # The run's own original exists anyway; the other ensemble members are the attribution's cost.
+            ensemble = sum(p.get("train_seconds", 0.0) for p, _, _ in originals[1:])
+            self._precompute_seconds["attribution"] = payload["seconds"] + ensemble
+            log.info("attribution: %d models, projection dim %d; %.1f s to score + %.1f s to train the extra models",
+                     len(models), self.attributor.proj_dim, payload["seconds"], ensemble)
+            self._attribution = self.attributor.attribution(models, payload, self.runtime)
+            self._building_seconds += time.perf_counter() - start
+        return self._attribution
+
+    def matching_oracles(self, n: int, masks: dict | None) -> list[nn.Module]:
+        """n retrains on D \\ F with seeds of their own, disjoint from the evaluation population's, so a method
+        that matches them is not scored against the very models it copied."""
+        start = time.perf_counter()
+        payloads = [self._oracle(seed, masks)[0] for seed in self.member_seeds(n, "matching")]
+        self._precompute_seconds["matching_oracles"] = sum(p["train_seconds"] for p in payloads)
+        self._building_seconds += time.perf_counter() - start
+        return [self.model_from_state(p) for p in payloads]
 
     def splits(self) -> Splits:
         data, _ = self.data()
@@ -214,18 +264,23 @@ class Experiment:
 
     def unlearn(self, art: Artifacts, splits: Splits, on_epoch: EpochCallback | None = None) -> tuple[nn.Module | None, str, float]:
         """(θu or None if the method diverged, status, RTE seconds)."""
+        masks = masks_of(art.original) or None
         ctx = UnlearnContext(task=self.task, original=art.original, forget=splits.forget, retain=splits.retain,
                              runtime=self.runtime, generator=self.runtime.generator(art.model_seed, "method"),
                              oracle=lambda: copy.deepcopy(art.oracle), oracle_seconds=art.oracle_seconds,
-                             on_epoch=on_epoch)
+                             on_epoch=on_epoch, forget_indices=self._forget[0].indices,
+                             attribution=self.attribution,
+                             oracles=lambda n: self.matching_oracles(n, masks))
         self.seed_stage(art.model_seed, "method")
+        building = self._building_seconds
         start = time.perf_counter()
         try:
             unlearned, status = self.method.unlearn(ctx), "ok"
         except DivergedError as exc:
             log.warning("method %s diverged: %s", self.method.name, exc)
             unlearned, status = None, "diverged"
-        return unlearned, status, self.method.reported_seconds(time.perf_counter() - start, ctx)
+        measured = time.perf_counter() - start - (self._building_seconds - building)
+        return unlearned, status, self.method.reported_seconds(measured, ctx)
 
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, oracle: nn.Module, splits: Splits) -> dict[str, float]:
@@ -246,7 +301,7 @@ class Experiment:
         """KLoM, LiRA and the ε score over N originals, N oracles and the N unlearned models made from them."""
         stats: dict[str, list] = {"original": [], "oracle": [], "unlearned": []}
         utility: dict[str, list] = {"unlearned": [], "oracle": []}
-        seeds = [first.model_seed] + [derive_seed(self.seed, "member", str(i)) % 2**31 for i in range(1, self.n_models)]
+        seeds = self.member_seeds(self.n_models)
         for i, model_seed in enumerate(tqdm(seeds, desc="population", leave=False, disable=None)):
             art = first if i == 0 else self.prepare(on_epoch, model_seed)
             unlearned = first_unlearned if i == 0 else self.unlearn(art, splits)[0]
@@ -299,7 +354,8 @@ class Experiment:
             original={**original_metrics, "RTE_s": float("nan")},
             oracle={**oracle_metrics, "RTE_s": art.oracle_seconds},
             gap_metrics=self.task.gap_metrics, command=command, config=plain(self.cfg),
-            run_dir=str(run_dir) if run_dir else None, timings=art.timings,
+            run_dir=str(run_dir) if run_dir else None,
+            timings=art.timings | ({"precompute_s": self._precompute_seconds} if self._precompute_seconds else {}),
         )
         if run_dir is not None:
             # The forget set itself, so it can be reused (forget=from_file) or published.

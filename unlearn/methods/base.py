@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,6 +15,9 @@ from unlearn.errors import UnsupportedTaskError
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Task
 from unlearn.training import OptimConfig, Streams, optimise
+
+if TYPE_CHECKING:
+    from unlearn.attribution import Attribution
 
 ALL_TASKS = ("classification", "llm", "diffusion")
 
@@ -29,6 +33,10 @@ class UnlearnContext:
     oracle: Callable[[], nn.Module]         # the cached retrained model (Retrain returns it)
     oracle_seconds: float                   # how long the oracle took to train
     on_epoch: Optional[Callable[[str, int, float], None]] = None
+    forget_indices: Optional[np.ndarray] = None              # F as indices into the training set
+    # Cached artifacts a method may ask for; the time spent building them is not part of its RTE.
+    attribution: Optional[Callable[[], "Attribution"]] = None  # TRAK scores of the training set (DMM)
+    oracles: Optional[Callable[[int], list[nn.Module]]] = None  # n more retrains on D \ F, seeds of their own
 
 
 class Method:

@@ -1,0 +1,236 @@
+"""TRAK data attribution for classifiers, per logit, and the datamodel predictions DMM is built on.
+
+For each model θ_k of a small ensemble (originals trained on the full train set with different seeds):
+    φ_i = P ∇θ margin(x_i)          projected gradient of each training example's margin (P: p × d, random)
+    q_i = 1 − p(y_i | x_i)          TRAK's loss-gradient weight
+    Ψ_k = (ΦᵀΦ + λI)⁻¹ (Φ ∘ q)ᵀ     p × n_train, the only thing stored per model
+and the attribution score of training example i on logit c of input x is
+    β_k[i, x, c] = (P ∇θ logit_c(x)) · Ψ_k[:, i],   β = mean_k β_k.
+Removing a forget set F predicts the outputs f̂(x) = f_θo(x) − Σ_{i∈F} β[i, x]. The sum never needs β itself:
+    Σ_{i∈F} β_k[i, x, :] = J_k(x) · Pᵀ Ψ_k[:, F]·1
+is one forward-mode Jacobian-vector product of the logits at θ_k along a direction in weight space, for any
+input x. So memory is Ψ (p × n_train per model) plus one batch of per-example gradients, never a
+train × eval score matrix; `scores` materialises β only for the points it is asked about.
+
+dattri 0.3.0 installs and runs here, but its TRAK attributes one scalar target function and returns
+train × test score matrices; DMM needs all C logits summed over F for arbitrary inputs, which the JVP form
+above gives without per-example target gradients. So the algebra is written here on torch.func.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+from tqdm.auto import tqdm
+
+from unlearn.data.tensordata import TensorData
+from unlearn.errors import ConfigError
+from unlearn.runtime import Runtime, derive_seed
+
+log = logging.getLogger(__name__)
+Params = dict[str, torch.Tensor]
+
+
+class Projection:
+    """A p × d Gaussian random projection (entries N(0, 1/p)) over a model's trainable parameters.
+
+    It is generated block by block from a seed every time it is applied, never stored whole: for a
+    ResNet-18 and p = 2048 the full matrix would hold 23 billion numbers.
+    """
+
+    def __init__(self, shapes: dict[str, torch.Size], dim: int, seed: int, block_rows: int = 1 << 14):
+        self.shapes, self.dim, self.seed, self.block_rows = dict(shapes), int(dim), int(seed), int(block_rows)
+
+    def _blocks(self, device: torch.device):
+        """(name, start, stop, block) with block = the p × (stop − start) columns of P for that parameter slice."""
+        for name, shape in self.shapes.items():
+            numel = int(np.prod(shape))
+            for start in range(0, numel, self.block_rows):
+                stop = min(start + self.block_rows, numel)
+                generator = torch.Generator().manual_seed(derive_seed(self.seed, name, str(start)))
+                block = torch.randn((self.dim, stop - start), generator=generator) / self.dim ** 0.5
+                yield name, start, stop, block.to(device)
+
+    def project(self, vectors: Params) -> torch.Tensor:
+        """(B, *shape) per parameter → (B, p): P applied to each of B flattened vectors."""
+        first = next(iter(vectors.values()))
+        out = torch.zeros((first.shape[0], self.dim), device=first.device, dtype=torch.float32)
+        flat = {name: v.reshape(v.shape[0], -1).float() for name, v in vectors.items()}
+        for name, start, stop, block in self._blocks(first.device):
+            out += flat[name][:, start:stop] @ block.T
+        return out
+
+    def adjoint(self, w: torch.Tensor) -> Params:
+        """Pᵀ w for w of shape (p,): a direction in weight space, shaped like the parameters."""
+        out = {name: torch.zeros(int(np.prod(shape)), device=w.device) for name, shape in self.shapes.items()}
+        for name, start, stop, block in self._blocks(w.device):
+            out[name][start:stop] += w.float() @ block
+        return {name: v.view(self.shapes[name]) for name, v in out.items()}
+
+
+def _split_state(model: nn.Module) -> tuple[Params, Params]:
+    """(trainable parameters, everything else functional_call needs) of a model, detached."""
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    fixed = {n: t.detach() for n, t in model.named_buffers()}
+    fixed.update({n: p.detach() for n, p in model.named_parameters() if not p.requires_grad})
+    return params, fixed
+
+
+def _margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """logit_y − logsumexp(other logits) of one example (TRAK's classification output function)."""
+    is_label = torch.arange(logits.shape[-1], device=logits.device) == label
+    others = logits.masked_fill(is_label, float("-inf"))
+    return (logits * is_label).sum() - torch.logsumexp(others, dim=-1)
+
+
+@dataclass
+class Member:
+    """One ensemble model with its projection and Ψ = (ΦᵀΦ + λI)⁻¹ (Φ ∘ q)ᵀ (p × n_train)."""
+
+    model: nn.Module
+    projection: Projection
+    psi: torch.Tensor
+
+
+class Attribution:
+    """Per-logit TRAK scores of the training set on any input, averaged over an ensemble."""
+
+    def __init__(self, members: Sequence[Member], batch_size: int = 256):
+        if not members:
+            raise ConfigError("attribution needs at least one model")
+        self.members = list(members)
+        self.batch_size = int(batch_size)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.members[0].psi.shape[1])
+
+    def _check_indices(self, indices: np.ndarray) -> torch.Tensor:
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.n_train):
+            raise ConfigError(f"train indices must lie in [0, {self.n_train}), got [{int(idx.min())}, {int(idx.max())}]")
+        return idx
+
+    def removal_directions(self, removed: np.ndarray) -> list[Params]:
+        """Per member, the weight-space direction Pᵀ Ψ[:, F]·1 whose logit JVP is Σ_{i∈F} β[i, x, :]."""
+        idx = self._check_indices(removed)
+        return [m.projection.adjoint(m.psi[:, idx.to(m.psi.device)].sum(1)) for m in self.members]
+
+    def predicted_change(self, x: torch.Tensor, directions: list[Params]) -> torch.Tensor:
+        """Σ_{i∈F} β[i, x, :] for inputs `x`: how much including F raised each logit, shape (n, C)."""
+        total = None
+        with torch.inference_mode(False), torch.enable_grad():
+            for member, direction in zip(self.members, directions):
+                params, fixed = _split_state(member.model)
+                tangent_in = {n: direction[n].to(params[n].dtype) for n in params}
+                was_training = member.model.training
+                member.model.eval()
+                try:
+                    chunks = []
+                    for start in range(0, len(x), self.batch_size):
+                        chunk = x[start : start + self.batch_size].clone()  # inference-mode inputs cannot enter forward AD
+                        _, tangent = jvp(lambda p: functional_call(member.model, {**p, **fixed}, (chunk,)), (params,),
+                                         (tangent_in,))
+                        chunks.append(tangent.detach().float())
+                finally:
+                    member.model.train(was_training)
+                change = torch.cat(chunks)
+                total = change if total is None else total + change
+        return total / len(self.members)
+
+    def scores(self, x: torch.Tensor, train_indices: np.ndarray) -> torch.Tensor:
+        """β[i, x, c] for the given training examples and inputs, shape (len(train_indices), n, C).
+
+        Materialised from per-example, per-logit gradients: for checks and analysis on a few points; DMM
+        itself uses `predicted_change`, which needs none of this."""
+        idx = self._check_indices(train_indices)
+        total = None
+        for member in self.members:
+            params, fixed = _split_state(member.model)
+            was_training = member.model.training
+            member.model.eval()
+
+            def logits_of(p, example):
+                return functional_call(member.model, {**p, **fixed}, (example.unsqueeze(0),))[0]
+
+            jacobian = vmap(torch.func.jacrev(logits_of), in_dims=(None, 0))
+            blocks = []
+            for start in range(0, len(x), self.batch_size):
+                jac = jacobian(params, x[start : start + self.batch_size])        # name -> (b, C, *shape)
+                b, c = next(iter(jac.values())).shape[:2]
+                features = member.projection.project({n: j.reshape(b * c, *j.shape[2:]) for n, j in jac.items()})
+                blocks.append((features @ member.psi[:, idx.to(member.psi.device)]).view(b, c, -1))
+            member.model.train(was_training)
+            beta = torch.cat(blocks).permute(2, 0, 1)
+            total = beta if total is None else total + beta
+        return total / len(self.members)
+
+
+class Trak:
+    """Fits `Attribution` from trained models: the config of `conf/attribution/trak.yaml`."""
+
+    def __init__(self, models: int = 4, proj_dim: int = 512, damping: float = 1e-3, batch_size: int = 128,
+                 seed: int = 0):
+        if int(models) < 1 or int(proj_dim) < 1 or int(batch_size) < 1:
+            raise ConfigError(f"attribution needs models >= 1, proj_dim >= 1 and batch_size >= 1; got models={models}, "
+                              f"proj_dim={proj_dim}, batch_size={batch_size}")
+        if not float(damping) >= 0:
+            raise ConfigError(f"attribution.damping must be >= 0, got {damping}")
+        self.models, self.proj_dim, self.damping = int(models), int(proj_dim), float(damping)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+
+    def cache_fields(self) -> dict[str, Any]:
+        return {"proj_dim": self.proj_dim, "damping": self.damping, "seed": self.seed}
+
+    def projection(self, model: nn.Module, index: int) -> Projection:
+        shapes = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
+        return Projection(shapes, self.proj_dim, derive_seed(self.seed, "projection", str(index)))
+
+    def train_features(self, model: nn.Module, projection: Projection, train: TensorData,
+                       runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Φ, q): projected margin gradients (n × p) and 1 − p(y|x) (n) of every training example, eval mode."""
+        params, fixed = _split_state(model)
+
+        def margin_of(p, x, y):
+            return _margin(functional_call(model, {**p, **fixed}, (x.unsqueeze(0),))[0].float(), y)
+
+        per_example = vmap(grad(margin_of), in_dims=(None, 0, 0))
+        was_training = model.training
+        model.eval()
+        phi, q = [], []
+        try:
+            for batch in tqdm(list(train.batches(self.batch_size)), desc="attribution features", leave=False, disable=None):
+                phi.append(projection.project(per_example(params, batch["x"], batch["y"])))
+                with torch.no_grad():
+                    probs = torch.softmax(model(batch["x"]).float(), dim=1)
+                q.append(1 - probs.gather(1, batch["y"][:, None])[:, 0])
+        finally:
+            model.train(was_training)
+        return torch.cat(phi), torch.cat(q)
+
+    def psi(self, phi: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """(ΦᵀΦ + λI)⁻¹ (Φ ∘ q)ᵀ, with λ = damping × the mean diagonal of ΦᵀΦ (scale-free), in float64."""
+        phi64 = phi.double()
+        kernel = phi64.T @ phi64
+        kernel.diagonal().add_(self.damping * kernel.diagonal().mean() + 1e-12)
+        return torch.linalg.solve(kernel, (phi64 * q.double()[:, None]).T).float()
+
+    def fit(self, models: Sequence[nn.Module], train: TensorData, runtime: Runtime) -> dict[str, Any]:
+        """The cacheable part: Ψ of each model (the models themselves are cached as originals)."""
+        start = time.perf_counter()
+        psis = []
+        for index, model in enumerate(tqdm(models, desc="attribution", leave=False, disable=None)):
+            phi, q = self.train_features(model, self.projection(model, index), train, runtime)
+            psis.append(self.psi(phi, q).cpu())
+        return {"psi": psis, "seconds": time.perf_counter() - start}
+
+    def attribution(self, models: Sequence[nn.Module], payload: dict[str, Any], runtime: Runtime) -> Attribution:
+        members = [Member(model, self.projection(model, i), psi.to(runtime.device))
+                   for i, (model, psi) in enumerate(zip(models, payload["psi"]))]
+        return Attribution(members, self.batch_size)

@@ -1,0 +1,63 @@
+"""Fine-tuning toward target outputs: the shared step of DMM and oracle matching [Attribute-to-Delete].
+
+θo is fine-tuned so its logits match target logits (MSE) on the forget set plus `retain_per_forget`·|F|
+retain points sampled once per run. Augmentation is off: each target belongs to one exact input.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from unlearn.data.tensordata import TensorData
+from unlearn.errors import ConfigError
+from unlearn.methods.base import GradientMethod, UnlearnContext, concat_batches
+from unlearn.training import Streams, optimise
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits of `model` on inputs `x`, eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        out = torch.cat([model(x[s : s + batch_size]).float() for s in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out.clone()
+
+
+class OutputMatching(GradientMethod):
+    supports = ("classification",)
+
+    def __init__(self, retain_per_forget: float = 3.0, **optim):
+        super().__init__(**optim)
+        if not float(retain_per_forget) >= 0:
+            raise ConfigError(f"method.retain_per_forget must be >= 0, got {retain_per_forget}")
+        self.retain_per_forget = float(retain_per_forget)
+
+    def targets(self, ctx: UnlearnContext, x: torch.Tensor) -> torch.Tensor:
+        """The logits θu should produce on inputs `x`, shape (n, C)."""
+        raise NotImplementedError
+
+    def matched_points(self, ctx: UnlearnContext) -> tuple[TensorData, TensorData]:
+        """(forget, sampled retain), each with a `target` column of logits to match."""
+        n_retain = min(len(ctx.retain), int(round(self.retain_per_forget * len(ctx.forget))))
+        chosen = torch.randperm(len(ctx.retain), generator=ctx.generator)[:n_retain].sort().values.numpy()
+        points = []
+        for data in (ctx.forget, ctx.retain.subset(np.asarray(chosen, dtype=np.int64))):
+            target = self.targets(ctx, data["x"]) if len(data) else torch.zeros((0, 1))
+            points.append(TensorData(x=data["x"], target=target.to(data["x"].device)))
+        return points[0], points[1]
+
+    def objective(self, ctx, model, forget, retain):
+        batch = concat_batches(forget, retain)
+        return (model(batch["x"]).float() - batch["target"]).pow(2).mean()
+
+    def unlearn(self, ctx: UnlearnContext) -> nn.Module:
+        forget, retain = self.matched_points(ctx)
+        model = copy.deepcopy(ctx.original)
+        streams = Streams(forget=forget, retain=retain if len(retain) else None, mode=self.stream)
+        optimise(model, lambda m, f, r: self.objective(ctx, m, f, r), streams, self._optim, ctx.runtime, ctx.generator,
+                 hooks=self, desc=f"unlearn[{self.name}]", on_epoch=ctx.on_epoch)
+        return model

@@ -1,0 +1,21 @@
+"""Oracle matching [Attribute-to-Delete]: fine-tune θo toward the mean logits of real retrained models (DMM's
+fine-tuning with perfect predictions: an upper bound on what better attribution could give). The matched
+oracles have seeds of their own, so the evaluation population's oracles are never the ones copied.
+"""
+import torch
+
+from unlearn.errors import ConfigError
+from unlearn.methods.matching import OutputMatching, predict_logits
+
+
+class OracleMatching(OutputMatching):
+    name = "oracle_matching"
+
+    def __init__(self, oracles: int = 4, **optim):
+        super().__init__(**optim)
+        if int(oracles) < 1:
+            raise ConfigError(f"method.oracles must be >= 1, got {oracles}")
+        self.oracles = int(oracles)
+
+    def targets(self, ctx, x):
+        return torch.stack([predict_logits(oracle, x) for oracle in ctx.oracles(self.oracles)]).mean(0)
