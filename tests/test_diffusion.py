@@ -237,3 +237,11 @@ def test_per_example_gradients_of_the_pseudo_class_loss():
     grads = torch.cat(list(per_example_gradients(model, task, TensorData(**mixed), batch_size=6)))
     assert grads.shape == (6, sum(p.numel() for p in model.parameters()))
     assert torch.all(grads[:3] == 0) and torch.all(grads[3:].abs().sum(1) > 0)
+
+
+def test_digits_gen_forgets_a_class_by_default_and_the_command_line_still_wins():
+    from conftest import compose_config
+
+    assert compose_config("data=digits_gen").forget._target_.endswith("ClassForget")
+    assert compose_config("data=digits_gen", "forget=random").forget._target_.endswith("RandomForget")
+    assert compose_config().forget._target_.endswith("RandomForget")  # the embedded default is unchanged

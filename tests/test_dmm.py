@@ -31,19 +31,19 @@ def tiny_attribution(n_models: int = 2, proj_dim: int = 48) -> tuple[Attribution
 
 def test_projection_adjoint_is_its_transpose_and_seeded():
     shapes = {"a": torch.Size([3, 5]), "b": torch.Size([40])}
-    projection = Projection(shapes, dim=16, seed=1, block_rows=7)   # blocks that split both tensors
+    projection = Projection(shapes, dim=16, seed=1)
     vectors = {name: torch.randn(4, *shape) for name, shape in shapes.items()}
     w = torch.randn(16)
     adjoint = projection.adjoint(w)
     direct = projection.project(vectors) @ w
     through_adjoint = sum((vectors[n].flatten(1) * adjoint[n].flatten()).sum(1) for n in shapes)
     assert torch.allclose(direct, through_adjoint, atol=1e-4)
-    assert torch.equal(Projection(shapes, 16, seed=1, block_rows=7).project(vectors), projection.project(vectors))
-    assert not torch.equal(Projection(shapes, 16, seed=2, block_rows=7).project(vectors), projection.project(vectors))
+    assert torch.equal(Projection(shapes, 16, seed=1).project(vectors), projection.project(vectors))
+    assert not torch.equal(Projection(shapes, 16, seed=2).project(vectors), projection.project(vectors))
 
 
 def test_projection_preserves_inner_products_on_average():
-    # Johnson–Lindenstrauss: E[<Pu, Pv>] = <u, v> for entries N(0, 1/p).
+    # CountSketch is unbiased: E[<Pu, Pv>] = <u, v> over seeds.
     shapes = {"w": torch.Size([200])}
     u, v = torch.randn(1, 200), torch.randn(1, 200)
     estimates = [float(Projection(shapes, 64, seed=s).project({"w": u}) @ Projection(shapes, 64, seed=s).project({"w": v}).T)
@@ -97,8 +97,8 @@ def test_attribution_predicts_retrained_outputs_on_forget_better_than_the_origin
     retrained = torch.stack([predict_logits(m, x) for m in experiment.matching_oracles(2, None)]).mean(0)
     original = predict_logits(art.original, x)
     before = (original - retrained).pow(2).mean()
-    after = (original - 10.0 * change - retrained).pow(2).mean()
-    assert after < 0.985 * before   # measured 0.968
+    after = (original - 30.0 * change - retrained).pow(2).mean()
+    assert after < 0.95 * before   # measured 0.91 (and monotone in the multiplier up to 30)
 
 
 @pytest.mark.parametrize("method", ["dmm", "oracle_matching"])
@@ -163,3 +163,16 @@ def test_bad_attribution_settings_fail_clearly():
         Experiment(compose_config("attribution.proj_dim=0"))
     with pytest.raises(ConfigError, match="retain_per_forget"):
         Experiment(compose_config("method=dmm", "method.retain_per_forget=-1"))
+
+
+def test_dmm_runs_on_the_cifar10_config(tmp_path, run_experiment):
+    """The CIFAR-10 / ResNet-18 configuration end to end, on a tiny file set in the official format."""
+    from test_data import write_cifar
+
+    write_cifar(tmp_path / "data", n_train=20, n_test=10)
+    row = run_experiment("data=cifar10", f"data.source.root={tmp_path / 'data'}", "data.source.download=false",
+                         "model.width=4", "data.train.epochs=2", "data.train.batch_size=32", "device=cpu", "threads=1",
+                         "method=dmm", "method.epochs=2", "attribution.models=2", "attribution.proj_dim=64",
+                         "attribution.batch_size=16", tiny=False)
+    assert row["status"] == "ok" and row["data"] == "cifar10" and row["timings"]["precompute_s"]["attribution"] > 0
+    assert np.isfinite(row["metrics"]["UA"]) and np.isfinite(row["metrics"]["kl_forget"])

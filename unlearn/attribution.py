@@ -4,7 +4,8 @@ For each model θ_k of a small ensemble (originals trained on the full train set
     φ_i = P ∇θ margin(x_i)          projected gradient of each training example's margin (P: p × d, random)
     q_i = 1 − p(y_i | x_i)          TRAK's loss-gradient weight
     Ψ_k = (ΦᵀΦ + λI)⁻¹ (Φ ∘ q)ᵀ     p × n_train, the only thing stored per model
-and the attribution score of training example i on logit c of input x is
+(each model with its own q; TRAK proper averages the kernel products and q separately) and the attribution
+score of training example i on logit c of input x is
     β_k[i, x, c] = (P ∇θ logit_c(x)) · Ψ_k[:, i],   β = mean_k β_k.
 Removing a forget set F predicts the outputs f̂(x) = f_θo(x) − Σ_{i∈F} β[i, x]. The sum never needs β itself:
     Σ_{i∈F} β_k[i, x, :] = J_k(x) · Pᵀ Ψ_k[:, F]·1
@@ -18,7 +19,7 @@ above gives without per-example target gradients. So the algebra is written here
 """
 from __future__ import annotations
 
-import logging
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -33,45 +34,47 @@ from unlearn.data.tensordata import TensorData
 from unlearn.errors import ConfigError
 from unlearn.runtime import Runtime, derive_seed
 
-log = logging.getLogger(__name__)
 Params = dict[str, torch.Tensor]
 
 
 class Projection:
-    """A p × d Gaussian random projection (entries N(0, 1/p)) over a model's trainable parameters.
+    """A sparse random projection (CountSketch) of a model's trainable parameters to p dimensions.
 
-    It is generated block by block from a seed every time it is applied, never stored whole: for a
-    ResNet-18 and p = 2048 the full matrix would hold 23 billion numbers.
+    Coordinate j goes to bucket h(j) ∈ [0, p) with sign s(j) = ±1, both drawn once from the seed, so
+    E[⟨Pu, Pv⟩] = ⟨u, v⟩. Applying it costs O(batch × d) and storing it O(d), where a dense Gaussian P
+    would cost p × d: 23 billion numbers for a ResNet-18 at p = 2048. Its adjoint is a gather.
     """
 
-    def __init__(self, shapes: dict[str, torch.Size], dim: int, seed: int, block_rows: int = 1 << 14):
-        self.shapes, self.dim, self.seed, self.block_rows = dict(shapes), int(dim), int(seed), int(block_rows)
+    def __init__(self, shapes: dict[str, torch.Size], dim: int, seed: int):
+        self.shapes, self.dim, self.seed = dict(shapes), int(dim), int(seed)
+        self._hashes: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _blocks(self, device: torch.device):
-        """(name, start, stop, block) with block = the p × (stop − start) columns of P for that parameter slice."""
-        for name, shape in self.shapes.items():
-            numel = int(np.prod(shape))
-            for start in range(0, numel, self.block_rows):
-                stop = min(start + self.block_rows, numel)
-                generator = torch.Generator().manual_seed(derive_seed(self.seed, name, str(start)))
-                block = torch.randn((self.dim, stop - start), generator=generator) / self.dim ** 0.5
-                yield name, start, stop, block.to(device)
+    def _hash(self, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bucket, sign) of every coordinate of one parameter, drawn on the CPU so every device agrees."""
+        if (name, device) not in self._hashes:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, name))
+            numel = int(np.prod(self.shapes[name]))
+            bucket = torch.randint(0, self.dim, (numel,), generator=generator)
+            sign = torch.randint(0, 2, (numel,), generator=generator).float().mul_(2).sub_(1)
+            self._hashes[name, device] = bucket.to(device), sign.to(device)
+        return self._hashes[name, device]
 
     def project(self, vectors: Params) -> torch.Tensor:
         """(B, *shape) per parameter → (B, p): P applied to each of B flattened vectors."""
         first = next(iter(vectors.values()))
         out = torch.zeros((first.shape[0], self.dim), device=first.device, dtype=torch.float32)
-        flat = {name: v.reshape(v.shape[0], -1).float() for name, v in vectors.items()}
-        for name, start, stop, block in self._blocks(first.device):
-            out += flat[name][:, start:stop] @ block.T
+        for name, v in vectors.items():
+            bucket, sign = self._hash(name, first.device)
+            out.index_add_(1, bucket, v.reshape(v.shape[0], -1).float() * sign)
         return out
 
     def adjoint(self, w: torch.Tensor) -> Params:
         """Pᵀ w for w of shape (p,): a direction in weight space, shaped like the parameters."""
-        out = {name: torch.zeros(int(np.prod(shape)), device=w.device) for name, shape in self.shapes.items()}
-        for name, start, stop, block in self._blocks(w.device):
-            out[name][start:stop] += w.float() @ block
-        return {name: v.view(self.shapes[name]) for name, v in out.items()}
+        out = {}
+        for name, shape in self.shapes.items():
+            bucket, sign = self._hash(name, w.device)
+            out[name] = (w.float()[bucket] * sign).view(shape)
+        return out
 
 
 def _split_state(model: nn.Module) -> tuple[Params, Params]:
@@ -87,6 +90,19 @@ def _margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     is_label = torch.arange(logits.shape[-1], device=logits.device) == label
     others = logits.masked_fill(is_label, float("-inf"))
     return (logits * is_label).sum() - torch.logsumexp(others, dim=-1)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Eval mode with autograd available, whatever the caller's mode: evaluation runs under inference mode
+    and may build the attribution lazily, and neither gradients nor forward-mode AD work there."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -125,23 +141,18 @@ class Attribution:
     def predicted_change(self, x: torch.Tensor, directions: list[Params]) -> torch.Tensor:
         """Σ_{i∈F} β[i, x, :] for inputs `x`: how much including F raised each logit, shape (n, C)."""
         total = None
-        with torch.inference_mode(False), torch.enable_grad():
-            for member, direction in zip(self.members, directions):
-                params, fixed = _split_state(member.model)
-                tangent_in = {n: direction[n].to(params[n].dtype) for n in params}
-                was_training = member.model.training
-                member.model.eval()
-                try:
-                    chunks = []
-                    for start in range(0, len(x), self.batch_size):
-                        chunk = x[start : start + self.batch_size].clone()  # inference-mode inputs cannot enter forward AD
-                        _, tangent = jvp(lambda p: functional_call(member.model, {**p, **fixed}, (chunk,)), (params,),
-                                         (tangent_in,))
-                        chunks.append(tangent.detach().float())
-                finally:
-                    member.model.train(was_training)
-                change = torch.cat(chunks)
-                total = change if total is None else total + change
+        for member, direction in zip(self.members, directions):
+            params, fixed = _split_state(member.model)
+            tangent_in = {n: direction[n].to(params[n].dtype) for n in params}
+            chunks = []
+            with _eval_mode(member.model):
+                for start in range(0, len(x), self.batch_size):
+                    chunk = x[start : start + self.batch_size].clone()  # inference-mode inputs cannot enter forward AD
+                    _, tangent = jvp(lambda p: functional_call(member.model, {**p, **fixed}, (chunk,)), (params,),
+                                     (tangent_in,))
+                    chunks.append(tangent.detach().float())
+            change = torch.cat(chunks)
+            total = change if total is None else total + change
         return total / len(self.members)
 
     def scores(self, x: torch.Tensor, train_indices: np.ndarray) -> torch.Tensor:
@@ -153,20 +164,18 @@ class Attribution:
         total = None
         for member in self.members:
             params, fixed = _split_state(member.model)
-            was_training = member.model.training
-            member.model.eval()
 
             def logits_of(p, example):
                 return functional_call(member.model, {**p, **fixed}, (example.unsqueeze(0),))[0]
 
             jacobian = vmap(torch.func.jacrev(logits_of), in_dims=(None, 0))
             blocks = []
-            for start in range(0, len(x), self.batch_size):
-                jac = jacobian(params, x[start : start + self.batch_size])        # name -> (b, C, *shape)
-                b, c = next(iter(jac.values())).shape[:2]
-                features = member.projection.project({n: j.reshape(b * c, *j.shape[2:]) for n, j in jac.items()})
-                blocks.append((features @ member.psi[:, idx.to(member.psi.device)]).view(b, c, -1))
-            member.model.train(was_training)
+            with _eval_mode(member.model):
+                for start in range(0, len(x), self.batch_size):
+                    jac = jacobian(params, x[start : start + self.batch_size].clone())   # name -> (b, C, *shape)
+                    b, c = next(iter(jac.values())).shape[:2]
+                    features = member.projection.project({n: j.reshape(b * c, *j.shape[2:]) for n, j in jac.items()})
+                    blocks.append((features @ member.psi[:, idx.to(member.psi.device)]).view(b, c, -1))
             beta = torch.cat(blocks).permute(2, 0, 1)
             total = beta if total is None else total + beta
         return total / len(self.members)
@@ -175,7 +184,7 @@ class Attribution:
 class Trak:
     """Fits `Attribution` from trained models: the config of `conf/attribution/trak.yaml`."""
 
-    def __init__(self, models: int = 4, proj_dim: int = 512, damping: float = 1e-3, batch_size: int = 128,
+    def __init__(self, models: int = 4, proj_dim: int = 2048, damping: float = 1e-3, batch_size: int = 128,
                  seed: int = 0):
         if int(models) < 1 or int(proj_dim) < 1 or int(batch_size) < 1:
             raise ConfigError(f"attribution needs models >= 1, proj_dim >= 1 and batch_size >= 1; got models={models}, "
@@ -186,7 +195,8 @@ class Trak:
         self.batch_size, self.seed = int(batch_size), int(seed)
 
     def cache_fields(self) -> dict[str, Any]:
-        return {"proj_dim": self.proj_dim, "damping": self.damping, "seed": self.seed}
+        return {"version": 2, "projection": "countsketch", "proj_dim": self.proj_dim, "damping": self.damping,
+                "seed": self.seed}
 
     def projection(self, model: nn.Module, index: int) -> Projection:
         shapes = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
@@ -201,17 +211,13 @@ class Trak:
             return _margin(functional_call(model, {**p, **fixed}, (x.unsqueeze(0),))[0].float(), y)
 
         per_example = vmap(grad(margin_of), in_dims=(None, 0, 0))
-        was_training = model.training
-        model.eval()
         phi, q = [], []
-        try:
+        with _eval_mode(model):
             for batch in tqdm(list(train.batches(self.batch_size)), desc="attribution features", leave=False, disable=None):
                 phi.append(projection.project(per_example(params, batch["x"], batch["y"])))
                 with torch.no_grad():
                     probs = torch.softmax(model(batch["x"]).float(), dim=1)
                 q.append(1 - probs.gather(1, batch["y"][:, None])[:, 0])
-        finally:
-            model.train(was_training)
         return torch.cat(phi), torch.cat(q)
 
     def psi(self, phi: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

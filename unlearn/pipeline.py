@@ -254,7 +254,8 @@ class Experiment:
         that matches them is not scored against the very models it copied."""
         start = time.perf_counter()
         payloads = [self._oracle(seed, masks)[0] for seed in self.member_seeds(n, "matching")]
-        self._precompute_seconds["matching_oracles"] = sum(p["train_seconds"] for p in payloads)
+        # The run's own matching oracles; population members (with pruning, their own masks) add evaluation cost.
+        self._precompute_seconds.setdefault("matching_oracles", sum(p["train_seconds"] for p in payloads))
         self._building_seconds += time.perf_counter() - start
         return [self.model_from_state(p) for p in payloads]
 

@@ -1,6 +1,10 @@
 """dm_direct [Attribute-to-Delete]: no training at all; the "unlearned model" is the datamodel prediction
 itself, f̂(x) = f_θo(x) − multiplier·Σ_{i∈F} β[i, x], scored like any model. It tells how good the attribution
 is, separately from how well DMM's fine-tuning reproduces it.
+
+Its RTE is only the time to form the removal directions: the prediction itself costs one JVP per ensemble model
+on every forward pass, so that cost lands in evaluation (and in every query), not in RTE. Compare RTEs with
+that in mind. Saving it stores θo, the ensemble's weights and one weight-sized direction per model.
 """
 from __future__ import annotations
 

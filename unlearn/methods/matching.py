@@ -41,14 +41,14 @@ class OutputMatching(GradientMethod):
         raise NotImplementedError
 
     def matched_points(self, ctx: UnlearnContext) -> tuple[TensorData, TensorData]:
-        """(forget, sampled retain), each with a `target` column of logits to match."""
+        """(forget, sampled retain), each with a `target` column of logits to match (targets computed once)."""
         n_retain = min(len(ctx.retain), int(round(self.retain_per_forget * len(ctx.forget))))
         chosen = torch.randperm(len(ctx.retain), generator=ctx.generator)[:n_retain].sort().values.numpy()
-        points = []
-        for data in (ctx.forget, ctx.retain.subset(np.asarray(chosen, dtype=np.int64))):
-            target = self.targets(ctx, data["x"]) if len(data) else torch.zeros((0, 1))
-            points.append(TensorData(x=data["x"], target=target.to(data["x"].device)))
-        return points[0], points[1]
+        retain = ctx.retain.subset(np.asarray(chosen, dtype=np.int64))
+        targets = self.targets(ctx, torch.cat([ctx.forget["x"], retain["x"]])).to(ctx.forget["x"].device)
+        n_forget = len(ctx.forget)
+        return (TensorData(x=ctx.forget["x"], target=targets[:n_forget]),
+                TensorData(x=retain["x"], target=targets[n_forget:]))
 
     def objective(self, ctx, model, forget, retain):
         batch = concat_batches(forget, retain)

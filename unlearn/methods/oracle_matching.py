@@ -1,6 +1,7 @@
-"""Oracle matching [Attribute-to-Delete]: fine-tune θo toward the mean logits of real retrained models (DMM's
-fine-tuning with perfect predictions: an upper bound on what better attribution could give). The matched
-oracles have seeds of their own, so the evaluation population's oracles are never the ones copied.
+"""Oracle matching [Attribute-to-Delete]: fine-tune θo toward the mean logits of real retrained models: DMM's
+fine-tuning with idealised targets, a reference for what better attribution could give. The matched oracles have
+seeds of their own, so the evaluation population's oracles are never the ones copied. Training them is not in
+RTE; the row records it under timings.precompute_s.
 """
 import torch
 
