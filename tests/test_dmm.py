@@ -65,14 +65,20 @@ def test_predicted_change_is_the_sum_of_forget_scores():
         attribution.removal_directions(np.array([60]))
 
 
-def test_scores_follow_the_trak_formula():
-    """β[i, x, c] = (P ∇logit_c(x)) · (ΦᵀΦ + λI)⁻¹ φ_i q_i, built here by hand for one model."""
-    attribution, train = tiny_attribution(n_models=1)
+@pytest.mark.parametrize("kernel", ["newton", "trak"])
+def test_scores_follow_the_formula(kernel):
+    """β[i, x, c] = (P ∇logit_c(x)) · (ΦᵀRΦ + λI)⁻¹ φ_i q_i (R = q(1 − q) or I), built here by hand for one model."""
+    torch.manual_seed(0)
+    model = SmallCNN(10, 1, 4)
+    train = TensorData(x=torch.randn(60, 1, 8, 8), y=torch.randint(0, 10, (60,)))
+    trak = Trak(models=1, proj_dim=48, batch_size=16, kernel=kernel, damping=1e-3)
+    attribution = trak.attribution([model], trak.fit([model], train, CPU), CPU)
     member = attribution.members[0]
-    trak = Trak(models=1, proj_dim=48, batch_size=16)
     phi, q = trak.train_features(member.model, member.projection, train, CPU)
-    kernel = phi.double().T @ phi.double()
-    kernel += (1e-3 * kernel.diagonal().mean() + 1e-12) * torch.eye(48, dtype=torch.float64)
+    phi, q = phi.double(), q.double()
+    weights = q * (1 - q) if kernel == "newton" else torch.ones_like(q)
+    kernel_matrix = phi.T @ (phi * weights[:, None])
+    kernel_matrix += (1e-3 * kernel_matrix.diagonal().mean() + 1e-12) * torch.eye(48, dtype=torch.float64)
     x = torch.randn(2, 1, 8, 8)
     member.model.eval()
     grads = []
@@ -82,8 +88,8 @@ def test_scores_follow_the_trak_formula():
             member.model(example[None])[0, c].backward()
             grads.append({n: p.grad.detach().clone()[None] for n, p in member.model.named_parameters()})
     target = torch.cat([member.projection.project(g) for g in grads]).double()          # (2·10, p)
-    expected = (target @ torch.linalg.solve(kernel, (phi.double() * q.double()[:, None]).T)).T.reshape(60, 2, 10)
-    assert torch.allclose(attribution.scores(x, np.arange(60)).double(), expected, atol=1e-4)
+    expected = (target @ torch.linalg.solve(kernel_matrix, (phi * q[:, None]).T)).T.reshape(60, 2, 10)
+    assert torch.allclose(attribution.scores(x, np.arange(60)).double(), expected, rtol=1e-3, atol=1e-4)
 
 
 def test_attribution_predicts_retrained_outputs_on_forget_better_than_the_original(shared_cache):
@@ -97,13 +103,13 @@ def test_attribution_predicts_retrained_outputs_on_forget_better_than_the_origin
     retrained = torch.stack([predict_logits(m, x) for m in experiment.matching_oracles(2, None)]).mean(0)
     original = predict_logits(art.original, x)
     before = (original - retrained).pow(2).mean()
-    after = (original - 30.0 * change - retrained).pow(2).mean()
-    assert after < 0.95 * before   # measured 0.91 (and monotone in the multiplier up to 30)
+    after = (original - change - retrained).pow(2).mean()   # the default multiplier, 1
+    assert after < 0.93 * before   # measured 0.86
 
 
 @pytest.mark.parametrize("method", ["dmm", "oracle_matching"])
 def test_matching_methods_move_theta_toward_their_targets(method, run_experiment, shared_cache):
-    overrides = [f"method={method}", *SMALL_ATTRIBUTION, "method.oracles=2" if method == "oracle_matching" else "method.multiplier=10",
+    overrides = [f"method={method}", *SMALL_ATTRIBUTION, "method.oracles=2" if method == "oracle_matching" else "method.multiplier=2",
                  "method.epochs=20"]
     row = run_experiment(*overrides)
     assert row["status"] == "ok" and row["timings"]["precompute_s"]

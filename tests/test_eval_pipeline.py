@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, TINY, compose_config
-from unlearn.errors import ConfigError
+from unlearn.errors import ConfigError, UnlearnError
 from unlearn.pipeline import Experiment
 from unlearn.report.compare import compare, load_rows
 
@@ -56,6 +56,11 @@ def test_compare_formats_and_plot(run_experiment, tmp_path):
     assert r"\begin{tabular}" in compare(table, fmt="latex")
     by_lr = compare(table, by="method_params.lr")
     assert "| 0.01 " in by_lr
+    chosen = compare(table, metrics=["mia_entropy", "kl_test_p95"]).splitlines()
+    header = next(line for line in chosen if line.startswith("| method"))
+    assert "mia_entropy" in header and "kl_test_p95" in header and "kl_forget " not in header
+    with pytest.raises(UnlearnError, match="no_such_metric: no row has them"):
+        compare(table, metrics=["no_such_metric"])
 
 
 def test_compare_cli(run_experiment, tmp_path):

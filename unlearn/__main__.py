@@ -1,4 +1,4 @@
-"""`python -m unlearn compare PATH [--format md|csv] [--out FILE]`"""
+"""`python -m unlearn compare PATH [--format md|csv|latex] [--metrics a,b] [--out FILE]`"""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--by", default="method", help="row field to group by, e.g. method or method_params.lr")
     cmp.add_argument("--out", help="write the table here as well as printing it")
     cmp.add_argument("--plot", help="forgetting-utility plot (PNG); default: beside --out, else beside PATH")
+    cmp.add_argument("--metrics", help="comma-separated columns after the gap metrics, e.g. klom_forget,klom_test "
+                                       "(default: kl_forget, klom_forget, lira_auc, eps_score where present)")
     args = parser.parse_args(argv)
 
     from unlearn.report.compare import compare
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     plot_path = Path(args.plot) if args.plot else (Path(args.out).with_suffix(".png") if args.out else
                                                    (source if source.is_dir() else source.parent) / "compare.png")
     try:
-        text = compare(args.path, fmt=args.format, by=args.by, plot_path=plot_path)
+        text = compare(args.path, fmt=args.format, by=args.by, plot_path=plot_path,
+                       metrics=args.metrics.split(",") if args.metrics else None)
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,10 @@
 For each model θ_k of a small ensemble (originals trained on the full train set with different seeds):
     φ_i = P ∇θ margin(x_i)          projected gradient of each training example's margin (P: p × d, random)
     q_i = 1 − p(y_i | x_i)          TRAK's loss-gradient weight
-    Ψ_k = (ΦᵀΦ + λI)⁻¹ (Φ ∘ q)ᵀ     p × n_train, the only thing stored per model
+    Ψ_k = (ΦᵀRΦ + λI)⁻¹ (Φ ∘ q)ᵀ    p × n_train, the only thing stored per model
+with R = diag(q(1 − q)) (kernel="newton", the curvature of the margin loss: a one-step Newton estimate of
+leaving examples out, of the right size for DMM's predicted outputs) or R = I (kernel="trak", TRAK's own choice,
+right up to a scale that on well-fit training points, where q ≈ 0, is orders of magnitude too small)
 (each model with its own q; TRAK proper averages the kernel products and q separately) and the attribution
 score of training example i on logit c of input x is
     β_k[i, x, c] = (P ∇θ logit_c(x)) · Ψ_k[:, i],   β = mean_k β_k.
@@ -35,6 +38,7 @@ from unlearn.errors import ConfigError
 from unlearn.runtime import Runtime, derive_seed
 
 Params = dict[str, torch.Tensor]
+KERNELS = ("trak", "newton")
 
 
 class Projection:
@@ -107,7 +111,7 @@ def _eval_mode(model: nn.Module):
 
 @dataclass
 class Member:
-    """One ensemble model with its projection and Ψ = (ΦᵀΦ + λI)⁻¹ (Φ ∘ q)ᵀ (p × n_train)."""
+    """One ensemble model with its projection and Ψ = (ΦᵀRΦ + λI)⁻¹ (Φ ∘ q)ᵀ (p × n_train)."""
 
     model: nn.Module
     projection: Projection
@@ -184,8 +188,8 @@ class Attribution:
 class Trak:
     """Fits `Attribution` from trained models: the config of `conf/attribution/trak.yaml`."""
 
-    def __init__(self, models: int = 4, proj_dim: int = 2048, damping: float = 1e-3, batch_size: int = 128,
-                 seed: int = 0):
+    def __init__(self, models: int = 4, proj_dim: int = 2048, damping: float = 1e-2, batch_size: int = 128,
+                 seed: int = 0, kernel: str = "newton"):
         if int(models) < 1 or int(proj_dim) < 1 or int(batch_size) < 1:
             raise ConfigError(f"attribution needs models >= 1, proj_dim >= 1 and batch_size >= 1; got models={models}, "
                               f"proj_dim={proj_dim}, batch_size={batch_size}")
@@ -193,10 +197,13 @@ class Trak:
             raise ConfigError(f"attribution.damping must be >= 0, got {damping}")
         self.models, self.proj_dim, self.damping = int(models), int(proj_dim), float(damping)
         self.batch_size, self.seed = int(batch_size), int(seed)
+        if kernel not in KERNELS:
+            raise ConfigError(f"attribution.kernel={kernel!r} is not one of {KERNELS}")
+        self.kernel = kernel
 
     def cache_fields(self) -> dict[str, Any]:
         return {"version": 2, "projection": "countsketch", "proj_dim": self.proj_dim, "damping": self.damping,
-                "seed": self.seed}
+                "seed": self.seed, "kernel": self.kernel}
 
     def projection(self, model: nn.Module, index: int) -> Projection:
         shapes = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
@@ -221,9 +228,14 @@ class Trak:
         return torch.cat(phi), torch.cat(q)
 
     def psi(self, phi: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """(ΦᵀΦ + λI)⁻¹ (Φ ∘ q)ᵀ, with λ = damping × the mean diagonal of ΦᵀΦ (scale-free), in float64."""
+        """(ΦᵀRΦ + λI)⁻¹ (Φ ∘ q)ᵀ, with λ = damping × the mean diagonal of the kernel (scale-free), in float64.
+
+        R = I for kernel="trak" (TRAK's choice: scores right up to scale, which ranking needs). For
+        kernel="newton", R = diag(p(1 − p)), the margin loss's curvature: a one-step Newton (influence)
+        estimate of leaving each example out, whose absolute size is what DMM's predicted outputs need."""
         phi64 = phi.double()
-        kernel = phi64.T @ phi64
+        weights = q.double() * (1 - q.double()) if self.kernel == "newton" else torch.ones_like(q, dtype=torch.float64)
+        kernel = phi64.T @ (phi64 * weights[:, None])
         kernel.diagonal().add_(self.damping * kernel.diagonal().mean() + 1e-12)
         return torch.linalg.solve(kernel, (phi64 * q.double()[:, None]).T).float()
 

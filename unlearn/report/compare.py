@@ -87,10 +87,11 @@ def _oracle_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(by_seed.values())
 
 
-def summarise_setting(rows: list[dict[str, Any]], by: str = "method") -> tuple[list[str], list[dict[str, Any]]]:
+def summarise_setting(rows: list[dict[str, Any]], by: str = "method",
+                      extra: Sequence[str] = EXTRA_METRICS) -> tuple[list[str], list[dict[str, Any]]]:
     """(metric names, one summary per group: its label, n, per-metric stats and gaps, Avg. Gap, RTE)."""
     gap_metrics = sorted({m for r in rows for m in r.get("gap", {})}, key=lambda m: list(rows[0]["metrics"]).index(m))
-    metrics = gap_metrics + [m for m in EXTRA_METRICS if m in rows[0]["metrics"]]
+    metrics = gap_metrics + [m for m in extra if m in rows[0]["metrics"] and m not in gap_metrics]
     oracle = _oracle_rows(rows)
     oracle_mean = {m: stats(r["metrics"].get(m) for r in oracle)["mean"] for m in metrics + ["RTE_s"]}
     groups: dict[str, list] = defaultdict(list)
@@ -169,17 +170,25 @@ def plot(summaries_by_setting: dict[str, list[dict[str, Any]]], path: Path) -> P
     return path
 
 
-def compare(path: str | Path, fmt: str = "md", by: str = "method", plot_path: Path | None = None) -> str:
+def compare(path: str | Path, fmt: str = "md", by: str = "method", plot_path: Path | None = None,
+            metrics: Sequence[str] | None = None) -> str:
+    """Tables of `path`'s rows per setting; `metrics` picks the columns after the gap metrics (default:
+    EXTRA_METRICS where present)."""
     if fmt not in FORMATS:
         raise UnlearnError(f"--format {fmt!r} is not one of {FORMATS}")
     rows = load_rows(path)
+    if metrics is not None:
+        known = {m for r in rows for m in r["metrics"]}
+        unknown = [m for m in metrics if m not in known]
+        if unknown:
+            raise UnlearnError(f"--metrics {','.join(unknown)}: no row has them; the rows have: {', '.join(sorted(known))}")
     settings: dict[tuple, list] = defaultdict(list)
     for row in rows:
         settings[setting_of(row)].append(row)
     out, for_plot = [], {}
     for (task, data, model, forget), members in settings.items():
-        metrics, summaries = summarise_setting(members, by)
-        headers, table = _table(metrics, summaries, fmt)
+        columns, summaries = summarise_setting(members, by, EXTRA_METRICS if metrics is None else metrics)
+        headers, table = _table(columns, summaries, fmt)
         title = f"{task} · data={data} · model={model} · forget={forget}"
         for_plot[title] = summaries
         commands = sorted({r.get("command", "") for r in members if r.get("command")})
