@@ -203,6 +203,7 @@ def test_shared_methods_unlearn_the_diffusion_model(method, run_experiment, shar
     row = run_experiment(*overrides, tiny=False)
     assert row["status"] == "ok" and row["task"] == "diffusion"
     assert set(row["metrics"]) >= {"UA", "retain_acc", "fd", "forget_mse", "retain_mse"}
+    assert (Path(row["run_dir"]) / "generations.png").stat().st_size > 5_000  # original / oracle / method rows
     original_metrics = row["reference"]["original"]
     experiment, original, forget = original_and_forget(overrides, shared_cache)
     unlearned = experiment.model_from_state(torch.load(Path(row["run_dir"]) / "model.pt"))

@@ -366,6 +366,9 @@ class Experiment:
                                "description": forget.description})
             if unlearned is not None and self.cfg.save_model:
                 save_model(unlearned, Path(run_dir), self.model_config)
+            if unlearned is not None:
+                self.task.save_pictures(Path(run_dir), {"original": art.original, "retrain (oracle)": art.oracle,
+                                                        self.method.name: unlearned}, self.runtime, int(self.cfg.eval.seed))
         for lg in loggers:
             lg.log_result(row, run_dir)
         print("\n" + summary_table(row) + "\n", flush=True)

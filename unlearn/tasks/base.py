@@ -21,6 +21,8 @@ from unlearn.runtime import Runtime
 from unlearn.training import OptimConfig, Streams, optimise
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from unlearn.cache import Cache
 
 
@@ -82,6 +84,10 @@ class Task(ABC):
     def compare_to_oracle(self, model: nn.Module, oracle: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, float]:
         """Metrics of `model` relative to the oracle (e.g. KL between their predictions). None by default."""
         return {}
+
+    def save_pictures(self, run_dir: "Path", models: dict[str, nn.Module], runtime: Runtime, seed: int) -> None:
+        """Write what a person would look at besides the numbers (e.g. generations of each model) into the
+        run dir. `models` maps a row label (original, oracle, the method) to its model. Nothing by default."""
 
     def example_statistics(self, model: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, np.ndarray]:
         """One number per example for each of forget/retain/test (e.g. the margin), compared across

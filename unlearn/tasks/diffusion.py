@@ -10,6 +10,7 @@ fixed noise and timesteps.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PICTURE_SAMPLES = 4  # generations per class in the run's generations.png
 JUDGE_RECIPE = {"epochs": 15, "lr": 0.05, "batch_size": 64, "optimizer": "sgd", "momentum": 0.9,
                 "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 1}
 
@@ -205,6 +207,33 @@ class DiffusionTask(Task):
                 losses.append(self.denoising_loss(model, batch, generator).cpu())
         model.train(was_training)
         return float(torch.cat(losses).mean()) if losses else float("nan")
+
+    def save_pictures(self, run_dir: Path, models: dict[str, nn.Module], runtime: Runtime, seed: int) -> None:
+        """generations.png: one row of images per model, `PICTURE_SAMPLES` per class side by side, the same noise
+        for every model, so a forgotten class reads as the column block that stopped looking like its digit."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        classes = torch.arange(self.num_classes).repeat_interleave(PICTURE_SAMPLES)
+        fig, axes = plt.subplots(len(models), 1, figsize=(0.3 * len(classes), 0.75 * len(models) + 0.5),
+                                 squeeze=False)
+        for ax, (label, model) in zip(axes[:, 0], models.items()):
+            images = self.sample(model, classes, runtime, seed)                         # (n, c, h, w) in [-1, 1]
+            n, c, h, w = images.shape
+            strip = images.clamp(-1, 1).add(1).div(2).permute(2, 0, 3, 1).reshape(h, n * w, c)
+            ax.imshow(strip.squeeze(-1).numpy(), cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+            ax.set_xticks([(k + 0.5) * PICTURE_SAMPLES * w for k in range(self.num_classes)],
+                          [str(k) for k in range(self.num_classes)])
+            ax.set_yticks([])
+            ax.set_ylabel(label, rotation=0, ha="right", va="center")
+        axes[0, 0].set_title(f"{PICTURE_SAMPLES} generations per class (x axis), same noise for every model")
+        fig.tight_layout()
+        tmp = run_dir / ".generations.png.tmp"
+        fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+        tmp.replace(run_dir / "generations.png")
 
     def class_roles(self, splits: Splits) -> tuple[np.ndarray, np.ndarray]:
         """(forgotten classes, remaining classes): a class is forgotten when the forget set holds it and the
