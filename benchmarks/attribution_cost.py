@@ -14,15 +14,13 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 
+from unlearn.config import compose_config
 from unlearn.pipeline import Experiment
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 MiB = 2**20
 
 
@@ -34,8 +32,7 @@ def peak_bytes(device: torch.device) -> int:
 
 def main() -> None:
     overrides = sys.argv[1:]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        experiment = Experiment(compose("config", overrides=["method=dmm", *overrides]))
+    experiment = Experiment(compose_config("method=dmm", *overrides))
     data, _ = experiment.data()
     device = experiment.runtime.device
     attributor = experiment.attributor
@@ -50,7 +47,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats(device)
     before = peak_bytes(device)
     start = time.perf_counter()
-    payload = attributor.fit(originals, data.train, experiment.runtime)
+    payload = attributor.fit(originals, data.train)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     fit_seconds = time.perf_counter() - start

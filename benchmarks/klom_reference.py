@@ -15,23 +15,20 @@ Models come from (and go to) the harness cache, so after a population sweep only
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
 from unlearn.eval.kl import summarize
 from unlearn.eval.klom import klom
 from unlearn.models.pruning import masks_of
+from unlearn.config import compose_config
 from unlearn.pipeline import Experiment
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 SPLITS = ("forget", "retain", "test")
 
 
 def reference_klom(overrides: list[str]) -> dict[str, dict[str, float]]:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        experiment = Experiment(compose("config", overrides=overrides))
+    experiment = Experiment(compose_config(*overrides))
     first = experiment.prepare()
     splits = experiment.splits()
     stats: dict[str, list] = {"original": [], "oracle": [], "independent": []}

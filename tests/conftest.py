@@ -4,25 +4,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
 from unlearn.cache import Cache
+from unlearn.config import compose_config
 from unlearn.pipeline import Experiment
 from unlearn.report.loggers import TableLogger
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 
 # The embedded default shrunk for tests: 300 training digits, a short recipe that still memorises them.
 # One thread: tiny models are overhead-bound, and a second thread only adds contention on a shared CPU.
 TINY = ["data.source.limit=300", "data.train.epochs=15", "data.train.batch_size=32", "data.train.lr=0.1", "device=cpu",
         "threads=1"]
-
-
-def compose_config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 @pytest.fixture(scope="session")

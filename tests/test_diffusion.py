@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn.config import build
 from unlearn.data.digits_gen import NOISE_TARGET, load_digits_gen
 from unlearn.data.sources import load_digits
 from unlearn.data.tensordata import TensorData
@@ -246,3 +245,13 @@ def test_digits_gen_forgets_a_class_by_default_and_the_command_line_still_wins()
     assert compose_config("data=digits_gen").forget._target_.endswith("ClassForget")
     assert compose_config("data=digits_gen", "forget=random").forget._target_.endswith("RandomForget")
     assert compose_config().forget._target_.endswith("RandomForget")  # the embedded default is unchanged
+
+
+def test_diffusion_refuses_example_wise_forgetting_before_training(tmp_path):
+    """UA and retain_acc compare forgotten classes with the rest: a random forget set is refused up front."""
+    from conftest import compose_config
+
+    with pytest.raises(ConfigError, match="removes examples, not classes"):
+        Experiment(compose_config("data=digits_gen", "forget=random", f"cache_dir={tmp_path}"))
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing cached
+    Experiment(compose_config("data=digits_gen", "forget=worst_case_class", f"cache_dir={tmp_path}"))

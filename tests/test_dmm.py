@@ -10,10 +10,10 @@ import torch
 from unlearn.attribution import Attribution, Projection, Trak
 from unlearn.data.tensordata import TensorData
 from unlearn.errors import ConfigError, UnsupportedTaskError
-from unlearn.methods.matching import predict_logits
 from unlearn.models.cnn import SmallCNN
 from unlearn.pipeline import Experiment
 from unlearn.runtime import Runtime
+from unlearn.tasks.classification import ClassificationTask
 
 from conftest import TINY, compose_config
 
@@ -21,12 +21,17 @@ CPU = Runtime.from_config("cpu", "fp32", False)
 SMALL_ATTRIBUTION = ["attribution.models=2", "attribution.proj_dim=128"]
 
 
+def predict_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits as the classification task evaluates them (what the matching methods read too)."""
+    return torch.from_numpy(ClassificationTask(10).predict_logits(model, TensorData(x=x), CPU))
+
+
 def tiny_attribution(n_models: int = 2, proj_dim: int = 48) -> tuple[Attribution, TensorData]:
     torch.manual_seed(0)
     models = [SmallCNN(10, 1, 4) for _ in range(n_models)]
     train = TensorData(x=torch.randn(60, 1, 8, 8), y=torch.randint(0, 10, (60,)))
     trak = Trak(models=n_models, proj_dim=proj_dim, batch_size=16)
-    return trak.attribution(models, trak.fit(models, train, CPU), CPU), train
+    return trak.attribution(models, trak.fit(models, train), CPU), train
 
 
 def test_projection_adjoint_is_its_transpose_and_seeded():
@@ -72,9 +77,9 @@ def test_scores_follow_the_formula(kernel):
     model = SmallCNN(10, 1, 4)
     train = TensorData(x=torch.randn(60, 1, 8, 8), y=torch.randint(0, 10, (60,)))
     trak = Trak(models=1, proj_dim=48, batch_size=16, kernel=kernel, damping=1e-3)
-    attribution = trak.attribution([model], trak.fit([model], train, CPU), CPU)
+    attribution = trak.attribution([model], trak.fit([model], train), CPU)
     member = attribution.members[0]
-    phi, q = trak.train_features(member.model, member.projection, train, CPU)
+    phi, q = trak.train_features(member.model, member.projection, train)
     phi, q = phi.double(), q.double()
     weights = q * (1 - q) if kernel == "newton" else torch.ones_like(q)
     kernel_matrix = phi.T @ (phi * weights[:, None])
@@ -128,6 +133,7 @@ class _Ctx:
     """The parts of UnlearnContext that `targets` reads, from an experiment that already ran."""
 
     def __init__(self, experiment: Experiment, art):
+        self.task, self.runtime = experiment.task, experiment.runtime
         self.original = art.original
         self.forget_indices = experiment._forget[0].indices
         self.attribution = experiment.attribution
@@ -167,6 +173,10 @@ def test_attribution_methods_refuse_other_tasks():
 def test_bad_attribution_settings_fail_clearly():
     with pytest.raises(ConfigError, match="proj_dim"):
         Experiment(compose_config("attribution.proj_dim=0"))
+    with pytest.raises(ConfigError, match="kernel"):
+        Experiment(compose_config("attribution.kernel=exact"))
+    with pytest.raises(ConfigError, match="method.oracles"):
+        Experiment(compose_config("method=oracle_matching", "method.oracles=0"))
     with pytest.raises(ConfigError, match="retain_per_forget"):
         Experiment(compose_config("method=dmm", "method.retain_per_forget=-1"))
 

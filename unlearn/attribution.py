@@ -209,8 +209,7 @@ class Trak:
         shapes = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
         return Projection(shapes, self.proj_dim, derive_seed(self.seed, "projection", str(index)))
 
-    def train_features(self, model: nn.Module, projection: Projection, train: TensorData,
-                       runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_features(self, model: nn.Module, projection: Projection, train: TensorData) -> tuple[torch.Tensor, torch.Tensor]:
         """(Φ, q): projected margin gradients (n × p) and 1 − p(y|x) (n) of every training example, eval mode."""
         params, fixed = _split_state(model)
 
@@ -239,12 +238,12 @@ class Trak:
         kernel.diagonal().add_(self.damping * kernel.diagonal().mean() + 1e-12)
         return torch.linalg.solve(kernel, (phi64 * q.double()[:, None]).T).float()
 
-    def fit(self, models: Sequence[nn.Module], train: TensorData, runtime: Runtime) -> dict[str, Any]:
+    def fit(self, models: Sequence[nn.Module], train: TensorData) -> dict[str, Any]:
         """The cacheable part: Ψ of each model (the models themselves are cached as originals)."""
         start = time.perf_counter()
         psis = []
         for index, model in enumerate(tqdm(models, desc="attribution", leave=False, disable=None)):
-            phi, q = self.train_features(model, self.projection(model, index), train, runtime)
+            phi, q = self.train_features(model, self.projection(model, index), train)
             psis.append(self.psi(phi, q).cpu())
         return {"psi": psis, "seconds": time.perf_counter() - start}
 

@@ -65,6 +65,7 @@ class Experiment:
         self.builder: ForgetBuilder = build(cfg.forget)
         self.method: Method = build(cfg.method)
         self.method.check(self.task)
+        self.task.check_forget(self.builder)
         self.recipe = OptimConfig(**plain(cfg.data.train))
         self.model_config = plain(cfg.model)
         self.pruner: Pruner | None = build(cfg.prune) if cfg.get("prune") is not None else None
@@ -238,7 +239,7 @@ class Experiment:
             models = [self.model_from_state(payload) for payload, _, _ in originals]
             key = content_key("attribution", data=data_key, originals=[k for _, k, _ in originals],
                               attributor=self.attributor.cache_fields())
-            payload, _ = self.cache.get_or_compute(key, lambda: self.attributor.fit(models, data.train, self.runtime),
+            payload, _ = self.cache.get_or_compute(key, lambda: self.attributor.fit(models, data.train),
                                                    "attribution (TRAK)")
             # The run's own original exists anyway; the other ensemble members are the attribution's cost.
             ensemble = sum(p.get("train_seconds", 0.0) for p, _, _ in originals[1:])
@@ -265,13 +266,12 @@ class Experiment:
 
     def unlearn(self, art: Artifacts, splits: Splits, on_epoch: EpochCallback | None = None) -> tuple[nn.Module | None, str, float]:
         """(θu or None if the method diverged, status, RTE seconds)."""
-        masks = masks_of(art.original) or None
         ctx = UnlearnContext(task=self.task, original=art.original, forget=splits.forget, retain=splits.retain,
                              runtime=self.runtime, generator=self.runtime.generator(art.model_seed, "method"),
                              oracle=lambda: copy.deepcopy(art.oracle), oracle_seconds=art.oracle_seconds,
                              on_epoch=on_epoch, forget_indices=self._forget[0].indices,
                              attribution=self.attribution,
-                             oracles=lambda n: self.matching_oracles(n, masks))
+                             oracles=lambda n: self.matching_oracles(n, masks_of(art.original) or None))
         self.seed_stage(art.model_seed, "method")
         building = self._building_seconds
         start = time.perf_counter()

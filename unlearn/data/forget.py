@@ -50,6 +50,7 @@ class ForgetBuilder:
 
     name = "builder"
     needs_original = False
+    removes_classes: bool | None = False  # whole classes leave the data (None: known only once built)
 
     def check(self, data: DataBundle) -> None:
         """Raise ConfigError if this builder cannot produce a valid forget set for `data`."""
@@ -117,6 +118,7 @@ class ClassForget(ForgetBuilder):
     """Every training example of the given classes; those classes also leave the test set used for TA."""
 
     name = "class"
+    removes_classes = True
 
     def __init__(self, classes: Sequence[int] | int = (0,)):
         classes = [classes] if isinstance(classes, int) else list(classes)

@@ -34,6 +34,7 @@ class FromFileForget(ForgetBuilder):
     """The training examples listed in `path` (indices into data.train, the split the original learns)."""
 
     name = "from_file"
+    removes_classes = None
 
     def __init__(self, path: str | None = None):
         if not path:

@@ -188,6 +188,7 @@ class WorstCaseClassForget(BilevelSelection, ForgetBuilder):
     """The `num_classes` classes hardest to forget; like ClassForget, they also leave the test set for TA."""
 
     name = "worst_case_class"
+    removes_classes = True
 
     def __init__(self, num_classes: int = 1, upper_epochs: int = 10, lower_epochs: int = 10, lr_w: float = 0.01,
                  lr_theta: float = 0.01, gamma: float = 0.0, l1: float = 0.0, binarize_every: int = 20,

@@ -2,7 +2,7 @@
 f̂(x) = f_θo(x) − multiplier·Σ_{i∈F} β[i, x], then fine-tune θo to output them (MSE on logits) on the forget
 set and sampled retain points. β are per-logit TRAK scores (unlearn/attribution.py, `attribution=` config).
 """
-from unlearn.methods.matching import OutputMatching, predict_logits
+from unlearn.methods.matching import OutputMatching
 
 
 class DatamodelMatching(OutputMatching):
@@ -15,4 +15,4 @@ class DatamodelMatching(OutputMatching):
     def targets(self, ctx, x):
         attribution = ctx.attribution()
         change = attribution.predicted_change(x, attribution.removal_directions(ctx.forget_indices))
-        return predict_logits(ctx.original, x) - self.multiplier * change
+        return self.logits(ctx, ctx.original, x) - self.multiplier * change.to(x.device)

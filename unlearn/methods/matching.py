@@ -17,16 +17,6 @@ from unlearn.methods.base import GradientMethod, UnlearnContext, concat_batches
 from unlearn.training import Streams, optimise
 
 
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of `model` on inputs `x`, eval mode, batched."""
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        out = torch.cat([model(x[s : s + batch_size]).float() for s in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out.clone()
-
-
 class OutputMatching(GradientMethod):
     supports = ("classification",)
 
@@ -39,6 +29,11 @@ class OutputMatching(GradientMethod):
     def targets(self, ctx: UnlearnContext, x: torch.Tensor) -> torch.Tensor:
         """The logits θu should produce on inputs `x`, shape (n, C)."""
         raise NotImplementedError
+
+    @staticmethod
+    def logits(ctx: UnlearnContext, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`model`'s logits on inputs `x`, as the task evaluates them (eval mode, batched, no augmentation)."""
+        return torch.from_numpy(ctx.task.predict_logits(model, TensorData(x=x), ctx.runtime)).to(x.device)
 
     def matched_points(self, ctx: UnlearnContext) -> tuple[TensorData, TensorData]:
         """(forget, sampled retain), each with a `target` column of logits to match (targets computed once)."""

@@ -6,7 +6,7 @@ RTE; the row records it under timings.precompute_s.
 import torch
 
 from unlearn.errors import ConfigError
-from unlearn.methods.matching import OutputMatching, predict_logits
+from unlearn.methods.matching import OutputMatching
 
 
 class OracleMatching(OutputMatching):
@@ -19,4 +19,4 @@ class OracleMatching(OutputMatching):
         self.oracles = int(oracles)
 
     def targets(self, ctx, x):
-        return torch.stack([predict_logits(oracle, x) for oracle in ctx.oracles(self.oracles)]).mean(0)
+        return torch.stack([self.logits(ctx, oracle, x) for oracle in ctx.oracles(self.oracles)]).mean(0)

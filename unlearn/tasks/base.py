@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unlearn.data.forget import ForgetSet
+from unlearn.data.forget import ForgetBuilder, ForgetSet
 from unlearn.data.tensordata import Batch, DataBundle, TensorData
 from unlearn.runtime import Runtime
 from unlearn.training import OptimConfig, Streams, optimise
@@ -51,6 +51,9 @@ class Task(ABC):
     utility_metrics: tuple[str, ...] = ()
     #: whether `example_statistics` is defined (needed for eval.oracles > 1: KLoM, LiRA, ε)
     has_example_statistics: bool = False
+
+    def check_forget(self, builder: ForgetBuilder) -> None:
+        """Raise ConfigError if this task cannot evaluate forget sets of this kind (runs before any training)."""
 
     def setup(self, data: DataBundle, cache: "Cache", runtime: Runtime, seed: int) -> None:
         """Called once per run after the data is loaded: build (and cache) anything evaluation needs,

@@ -121,6 +121,12 @@ class DiffusionTask(Task):
         offset = torch.randint(1, self.num_classes, y.shape, generator=generator).to(y.device)
         return {**batch, "pseudo_y": (y + offset) % self.num_classes}
 
+    def check_forget(self, builder) -> None:
+        if builder.removes_classes is False:
+            raise ConfigError(f"the diffusion metrics compare forgotten classes with the remaining ones, but "
+                              f"forget={builder.name} removes examples, not classes; use forget=class "
+                              f"forget.classes=[k] or forget=worst_case_class")
+
     # ---- the judge -----------------------------------------------------------------------------
     def setup(self, data: DataBundle, cache: "Cache", runtime: Runtime, seed: int) -> None:
         """Train (or load) the judge classifier. Its seed is the task's own `judge_seed`, not the run's, so that
