@@ -6,14 +6,18 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from unlearn.errors import UnlearnError
+from unlearn.errors import ConfigError, UnlearnError
+from unlearn.knobs import check_knobs
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
-    """Instantiate a config node; our own errors come out unwrapped so the user sees one clear message."""
+    """Instantiate a config node; our own errors come out unwrapped so the user sees one clear message.
+
+    The node's knobs are range-checked first against what its `_target_` declares (unlearn.knobs)."""
+    check_node(node)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
@@ -23,6 +27,38 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         if cause is not None:
             raise cause from None
         raise
+
+
+def target_of(node: DictConfig) -> Any:
+    """The class or function a node's `_target_` names (ConfigError if it does not exist)."""
+    path = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not path:
+        return None
+    try:
+        return get_object(str(path))
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"{_where(node) or 'config'}._target_={path!r} does not name an importable class: {exc}") from None
+
+
+def check_node(node: DictConfig) -> None:
+    """Range-check a node's declared knobs (and, recursively, nested nodes with a `_target_`)."""
+    if not isinstance(node, DictConfig):
+        return
+    target = target_of(node)
+    if target is not None:
+        values = {k: v for k, v in plain(node).items() if not str(k).startswith("_")}
+        check_knobs(target, values, _where(node))
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            check_node(child)
+
+
+def _where(node: DictConfig) -> str:
+    try:
+        return node._get_full_key(None) or ""
+    except Exception:  # a node built outside a config tree has no path
+        return ""
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

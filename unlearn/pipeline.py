@@ -26,6 +26,7 @@ from unlearn.config import build, plain
 from unlearn.data.forget import ForgetBuilder, ForgetSet, Reference
 from unlearn.data.tensordata import DataBundle
 from unlearn.errors import ConfigError, DivergedError
+from unlearn.knobs import check_knobs
 from unlearn.eval.population import population_metric_names, population_metrics
 from unlearn.methods.base import Method, UnlearnContext
 from unlearn.models.pruning import Pruner, apply_masks, masks_of, plain_state_dict, sparsity
@@ -66,6 +67,7 @@ class Experiment:
         self.method: Method = build(cfg.method)
         self.method.check(self.task)
         self.task.check_forget(self.builder)
+        check_knobs(OptimConfig, plain(cfg.data.train), "data.train")
         self.recipe = OptimConfig(**plain(cfg.data.train))
         self.model_config = plain(cfg.model)
         self.pruner: Pruner | None = build(cfg.prune) if cfg.get("prune") is not None else None

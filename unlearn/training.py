@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from unlearn.data.tensordata import Batch, TensorData
 from unlearn.errors import ConfigError, DivergedError
+from unlearn.knobs import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, OneOf
 from unlearn.runtime import Runtime
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -26,6 +27,12 @@ STREAM_MODES = ("forget", "retain", "union")
 
 @dataclass
 class OptimConfig:
+    """A training recipe (`data.train`, and the optimiser of every gradient method)."""
+
+    knobs = {"epochs": NON_NEGATIVE_INT, "lr": NON_NEGATIVE, "batch_size": COUNT, "optimizer": OneOf(OPTIMIZERS),
+             "momentum": FRACTION, "weight_decay": NON_NEGATIVE, "schedule": OneOf(SCHEDULES),
+             "warmup_epochs": NON_NEGATIVE}
+
     epochs: int
     lr: float
     batch_size: int = 64

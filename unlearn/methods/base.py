@@ -12,9 +12,10 @@ from torch import nn
 
 from unlearn.data.tensordata import Batch, TensorData
 from unlearn.errors import UnsupportedTaskError
+from unlearn.knobs import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, OneOf
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Task
-from unlearn.training import OptimConfig, Streams, optimise
+from unlearn.training import OPTIMIZERS, SCHEDULES, STREAM_MODES, OptimConfig, Streams, optimise
 
 if TYPE_CHECKING:
     from unlearn.attribution import Attribution
@@ -70,6 +71,9 @@ class GradientMethod(Method):
 
     uses_forget: bool = True
     uses_retain: bool = True
+    knobs = {"lr": POSITIVE, "epochs": NON_NEGATIVE_INT, "batch_size": COUNT, "optimizer": OneOf(OPTIMIZERS),
+             "momentum": FRACTION, "weight_decay": NON_NEGATIVE, "schedule": OneOf(SCHEDULES),
+             "stream": OneOf(STREAM_MODES)}
 
     def __init__(self, lr: float, epochs: int, batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.9,
                  weight_decay: float = 5e-4, schedule: str = "constant", stream: str = "forget"):
