@@ -19,3 +19,8 @@ class DivergedError(UnlearnError, ArithmeticError):
 
 class UnsupportedTaskError(UnlearnError):
     """A method was asked to run on a task kind it does not apply to."""
+
+
+class ShapeError(ValueError):
+    """A metric function got arrays whose shapes differ from the ones it documents (a programming error in
+    the caller, not bad user input: deliberately not an UnlearnError)."""

@@ -20,7 +20,7 @@ from unlearn.training import OPTIMIZERS, SCHEDULES, STREAM_MODES, OptimConfig, S
 if TYPE_CHECKING:
     from unlearn.attribution import Attribution
 
-ALL_TASKS = ("classification", "llm", "diffusion")
+ALL_TASKS = ("classification", "llm", "diffusion", "t2i")
 
 
 @dataclass
