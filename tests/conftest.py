@@ -8,7 +8,6 @@ import pytest
 from unlearn.cache import Cache
 from unlearn.config import compose_config
 from unlearn.pipeline import Experiment
-from unlearn.report.loggers import TableLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,10 +29,10 @@ def run_experiment(tmp_path, shared_cache):
 
     def _run(*overrides: str, cache_dir: Path | None = None, tiny: bool = True) -> dict:
         cfg = compose_config(*(TINY if tiny else []), f"results_dir={tmp_path / 'outputs'}",
+                             f"table_path={tmp_path / 'outputs' / 'table.jsonl'}",
                              f"cache_dir={cache_dir or shared_cache}", *overrides)
         run_dir = tmp_path / "run" / cfg.method._target_.rsplit(".", 1)[-1] / str(len(list(tmp_path.glob("run/*/*"))))
-        table = TableLogger(str(tmp_path / "outputs" / "table.jsonl"))
-        return Experiment(cfg).run(run_dir=run_dir, loggers=[table], command="pytest")
+        return Experiment(cfg).run(run_dir=run_dir, command="pytest")
 
     return _run
 

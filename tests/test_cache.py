@@ -7,12 +7,13 @@ from unlearn.cache import Cache, content_key
 
 
 def test_key_is_stable_and_sensitive():
-    a = content_key("oracle", model={"w": 16, "n": 10}, forget=np.arange(5), seed=0)
-    assert a == content_key("oracle", model={"n": 10, "w": 16}, forget=np.arange(5), seed=0)  # order-free
-    assert a != content_key("oracle", model={"w": 16, "n": 10}, forget=np.arange(6), seed=0)
-    assert a != content_key("oracle", model={"w": 16, "n": 10}, forget=np.arange(5), seed=1)
-    assert a != content_key("original", model={"w": 16, "n": 10}, forget=np.arange(5), seed=0)
-    assert content_key("d", t=torch.ones(3)) != content_key("d", t=torch.zeros(3))
+    a = content_key("oracle", code="c", model={"w": 16, "n": 10}, forget=np.arange(5), seed=0)
+    assert a == content_key("oracle", code="c", model={"n": 10, "w": 16}, forget=np.arange(5), seed=0)  # order-free
+    assert a != content_key("oracle", code="c", model={"w": 16, "n": 10}, forget=np.arange(6), seed=0)
+    assert a != content_key("oracle", code="c", model={"w": 16, "n": 10}, forget=np.arange(5), seed=1)
+    assert a != content_key("original", code="c", model={"w": 16, "n": 10}, forget=np.arange(5), seed=0)
+    assert a != content_key("oracle", code="d", model={"w": 16, "n": 10}, forget=np.arange(5), seed=0)  # code changed
+    assert content_key("d", code="c", t=torch.ones(3)) != content_key("d", code="c", t=torch.zeros(3))
 
 
 def test_get_or_compute_computes_once(tiny_cache):

@@ -81,7 +81,7 @@ def test_wandb_logger_offline(tmp_path, shared_cache, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     from unlearn.config import build
 
-    cfg = compose_config(*TINY, f"cache_dir={shared_cache}", f"results_dir={tmp_path}", "logger=[table,wandb]",
+    cfg = compose_config(*TINY, f"cache_dir={shared_cache}", f"results_dir={tmp_path}", "logger=wandb",
                          "method=ga", "method.epochs=2")
     loggers = [build(node) for node in cfg.logger.values()]
     row = Experiment(cfg).run(run_dir=tmp_path / "run", loggers=loggers)
@@ -89,6 +89,8 @@ def test_wandb_logger_offline(tmp_path, shared_cache, monkeypatch):
         lg.finish()
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")), "no offline W&B run written"
     assert load_rows(tmp_path / "default" / "table.jsonl")[0]["run_id"] == row["run_id"]
+    # W&B is an extra sink: the local record is written with it alone, too.
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["run_id"] == row["run_id"]
 
 
 def test_slurm_launcher_config_composes():

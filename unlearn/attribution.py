@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from unlearn.data.tensordata import TensorData
 from unlearn.errors import ConfigError
 from unlearn.runtime import Runtime, derive_seed
+from unlearn.knobs import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, OneOf
 
 Params = dict[str, torch.Tensor]
 KERNELS = ("trak", "newton")
@@ -187,6 +188,9 @@ class Attribution:
 
 class Trak:
     """Fits `Attribution` from trained models: the config of `conf/attribution/trak.yaml`."""
+
+    knobs = {"models": COUNT, "proj_dim": COUNT, "damping": NON_NEGATIVE, "batch_size": COUNT,
+             "seed": NON_NEGATIVE_INT, "kernel": OneOf(KERNELS)}
 
     def __init__(self, models: int = 4, proj_dim: int = 2048, damping: float = 1e-2, batch_size: int = 128,
                  seed: int = 0, kernel: str = "newton"):

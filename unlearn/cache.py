@@ -1,13 +1,15 @@
 """Content-addressed artifact store.
 
-Every expensive, deterministic stage (data, original, forget set, oracle) is stored under a key that
-hashes exactly the inputs it depends on plus FORMAT_VERSION. Writes go to a temp file that is renamed
-into place, so a killed run never leaves a partial entry; a per-key file lock makes two workers that
-need the same artifact compute it once.
+Every expensive, deterministic stage (data, original, forget set, oracle, reference metrics) is stored under
+a key that hashes exactly the inputs it depends on: the config fields, and the code that makes it
+(`code=`, a `unlearn.codehash.code_digest` of the stage's functions, so a fix to a metric recomputes the
+reference metrics and a change to the training loop retrains). Writes go to a temp file that is renamed
+into place, so a killed run never leaves a partial entry; a per-key file lock (the `filelock` library, on
+every platform) makes two workers that need the same artifact compute it once. An entry that cannot be
+loaded (truncated, or pickled by an incompatible library version) is dropped with a warning and recomputed.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,11 @@ def digest_bytes(*parts: bytes | str) -> str:
     return h.hexdigest()
 
 
-def content_key(kind: str, **fields: Any) -> str:
-    """Key of an artifact: its kind, the format version and the fields it depends on."""
-    payload = json.dumps({"kind": kind, "v": FORMAT_VERSION, **_canonical(fields)}, sort_keys=True, default=str)
+def content_key(kind: str, *, code: str, **fields: Any) -> str:
+    """Key of an artifact: its kind, the format version, the digest of the code that makes it, and the
+    fields it depends on."""
+    payload = json.dumps({"kind": kind, "v": FORMAT_VERSION, "code": code, **_canonical(fields)}, sort_keys=True,
+                         default=str)
     return f"{kind}-{digest_bytes(payload)}"
 
 
@@ -70,7 +75,12 @@ class Cache:
         path = self.path(key)
         if not (self.enabled and path.exists()):
             return None
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # truncated file, or an object an incompatible library version pickled
+            log.warning("cache entry %s cannot be loaded (%s: %s); recomputing it", path.name, type(exc).__name__, exc)
+            path.unlink(missing_ok=True)
+            return None
 
     def save(self, key: str, value: Any) -> None:
         if not self.enabled:
@@ -91,12 +101,8 @@ class Cache:
             yield
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{key}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with FileLock(self.root / f".{key}.lock"):
+            yield
 
     def get_or_compute(self, key: str, compute: Callable[[], Any], what: str) -> tuple[Any, bool]:
         """Return (value, was_cached). Only one process computes a missing key; the others wait and load it."""

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from unlearn.config import build
-from unlearn.errors import UnlearnError
+from unlearn.errors import BadInputError, DivergedError
 from unlearn.pipeline import Experiment
 
 log = logging.getLogger("unlearn")
@@ -26,11 +26,16 @@ def run_from_hydra(cfg: DictConfig) -> float:
         experiment = Experiment(cfg)
         loggers = [build(node) for node in cfg.logger.values()]
         row = experiment.run(run_dir=run_dir, loggers=loggers, labels=dict(hydra_cfg.runtime.choices), command=command)
-    except UnlearnError as exc:
+    except BadInputError as exc:
         # Bad input: one clear line, and no run folder left behind.
         shutil.rmtree(run_dir, ignore_errors=True)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except DivergedError as exc:
+        # Outside the method stage (the method's own divergence is a recorded row): the recipe of the original or
+        # the oracle diverged. Not bad input, and nothing to record; the run dir keeps its log.
+        print(f"error: training diverged outside the unlearning method: {exc}", file=sys.stderr)
+        sys.exit(1)
     finally:
         for lg in loggers:
             lg.finish()

@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.knobs import check_knobs
@@ -46,8 +47,12 @@ def check_node(node: DictConfig) -> None:
         return
     target = target_of(node)
     if target is not None:
-        values = {k: v for k, v in plain(node).items() if not str(k).startswith("_")}
-        check_knobs(target, values, _where(node))
+        try:
+            resolved = plain(node)
+        except MissingMandatoryValue as exc:
+            key = getattr(exc, "full_key", None) or _where(node)
+            raise ConfigError(f"{key} has no value and needs one (give {key}=...)") from None
+        check_knobs(target, {k: v for k, v in resolved.items() if not str(k).startswith("_")}, _where(node))
     for key in node:
         child = node._get_node(key)
         if isinstance(child, DictConfig):

@@ -5,19 +5,25 @@ class UnlearnError(Exception):
     """Base class: the CLI prints these as one line instead of a traceback."""
 
 
-class ConfigError(UnlearnError, ValueError):
+class BadInputError(UnlearnError):
+    """The user asked for something that cannot run: caught before any training; the CLI exits 2 and leaves
+    no run folder behind."""
+
+
+class ConfigError(BadInputError, ValueError):
     """The configuration asks for something impossible (caught before any training)."""
 
 
-class DataNotFoundError(UnlearnError, FileNotFoundError):
+class DataNotFoundError(BadInputError, FileNotFoundError):
     """A data set is neither on disk nor downloadable from here."""
 
 
 class DivergedError(UnlearnError, ArithmeticError):
-    """A loss became NaN or infinite; the run is recorded with status `diverged`."""
+    """A loss, weight or output became NaN or infinite. In the method stage the run is recorded with status
+    `diverged` and NaN metrics; never reported as bad input."""
 
 
-class UnsupportedTaskError(UnlearnError):
+class UnsupportedTaskError(BadInputError):
     """A method was asked to run on a task kind it does not apply to."""
 
 

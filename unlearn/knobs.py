@@ -111,3 +111,13 @@ def check_knobs(target: Any, values: Mapping[str, Any], where: str) -> None:
         if knob is not None and not knob.accepts(value):
             prefix = f"{where}." if where else ""
             raise ConfigError(f"{prefix}{name}={value!r} is out of range: it must be {knob.describe()}")
+
+
+def declare(**knobs: Knob):
+    """Decorator declaring the knobs of a function Hydra builds (a data source, a model factory)."""
+
+    def mark(function):
+        function.knobs = dict(knobs)
+        return function
+
+    return mark

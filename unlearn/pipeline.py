@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from unlearn.attribution import Attribution, Trak
 from unlearn.cache import Cache, content_key
-from unlearn.config import build, plain
+from unlearn.codehash import code_digest
+from unlearn.config import build, check_node, plain, target_of
 from unlearn.data.forget import ForgetBuilder, ForgetSet, Reference
 from unlearn.data.tensordata import DataBundle
 from unlearn.errors import ConfigError, DivergedError
@@ -30,8 +31,8 @@ from unlearn.knobs import check_knobs
 from unlearn.eval.population import population_metric_names, population_metrics
 from unlearn.methods.base import Method, UnlearnContext
 from unlearn.models.pruning import Pruner, apply_masks, masks_of, plain_state_dict, sparsity
-from unlearn.report.loggers import Logger, write_json_atomic
-from unlearn.report.row import make_row, summary_table
+from unlearn.report.loggers import Logger, record_row, write_json_atomic
+from unlearn.report.row import environment, make_row, summary_table
 from unlearn.runtime import Runtime, derive_seed
 from unlearn.tasks.base import Splits, Task
 from unlearn.training import OptimConfig
@@ -61,7 +62,9 @@ class Experiment:
         self.seed = int(cfg.seed)
         self.runtime = Runtime.from_config(cfg.device, cfg.precision, cfg.channels_last, cfg.get("threads"))
         self.cache = cache or Cache(cfg.cache_dir, enabled=bool(cfg.use_cache))
-        # Everything that can be refused is built first, so bad input fails before any training.
+        # Everything that can be refused is checked and built first, so bad input fails before any training:
+        # every knob of every node against its declared range (unlearn/knobs.py), then the objects themselves.
+        check_node(cfg)
         self.task: Task = build(cfg.data.task)
         self.builder: ForgetBuilder = build(cfg.forget)
         self.method: Method = build(cfg.method)
@@ -85,6 +88,7 @@ class Experiment:
         # those artifacts cost to make, cached or not (recorded in the row's timings as precompute_s).
         self._building_seconds = 0.0
         self._precompute_seconds: dict[str, float] = {}
+        self._training_code: str | None = None
 
     # ---- models -------------------------------------------------------------------------------
     def new_model(self, model_seed: int, stage: str) -> nn.Module:
@@ -129,7 +133,7 @@ class Experiment:
         """The data set on the device and its content key (loaded once per experiment)."""
         if self._data is None:
             data = build(self.cfg.data.source)
-            data_key = content_key("data", content=data.fingerprint())
+            data_key = content_key("data", code=code_digest(target_of(self.cfg.data.source)), content=data.fingerprint())
             data = data.to(self.runtime.device)
             if self.runtime.channels_last:
                 for split in (data.train, data.val, data.test):
@@ -142,8 +146,14 @@ class Experiment:
         return self._data
 
     def _common_key_fields(self, model_seed: int) -> dict[str, Any]:
-        return dict(data=self.data()[1], model=self.model_config, recipe=vars(self.recipe), seed=model_seed,
-                    precision=self.runtime.precision)
+        """What a trained model depends on: data, model, task (loss and augmentation knobs), recipe, seed,
+        precision, and the code of the loss, the model, the training loop and the seeding."""
+        if self._training_code is None:
+            self._training_code = code_digest(self.task.fit, self.task.loss, self.task.augment, target_of(self.cfg.model),
+                                              self._train, Runtime)
+        return dict(data=self.data()[1], model=self.model_config, task=plain(self.cfg.data.task),
+                    recipe=vars(self.recipe), seed=model_seed, precision=self.runtime.precision,
+                    code=self._training_code)
 
     def _original(self, model_seed: int, on_epoch) -> tuple[dict[str, Any], str, bool]:
         """The trained original's payload: dense, or pruned from the dense one when `prune` is set."""
@@ -156,7 +166,8 @@ class Experiment:
             "original")
         if self.pruner is None:
             return dense, dense_key, cached
-        sparse_key = content_key("sparse-original", dense=dense_key, pruner=self.pruner.cache_fields())
+        sparse_key = content_key("sparse-original", code=code_digest(type(self.pruner), self._prune), dense=dense_key,
+                                 pruner=self.pruner.cache_fields())
         sparse, cached = self.cache.get_or_compute(
             sparse_key, lambda: self._prune(model_seed, dense, on_epoch), f"sparse original ({self.pruner.rate:.0%})")
         return sparse, sparse_key, cached
@@ -182,7 +193,8 @@ class Experiment:
             return (*self._forget, True)
         data, data_key = self.data()
         reference = Reference(self.task, original, original_key, self.runtime) if self.builder.needs_original else None
-        key = content_key("forget", data=data_key, builder=type(self.builder).__qualname__,
+        key = content_key("forget", code=code_digest(type(self.builder), self.task.loss, self.task.fit),
+                          data=data_key, builder=type(self.builder).__qualname__,
                           fields=self.builder.cache_fields(), seed=self.seed,
                           original=original_key if reference else None)
         self.seed_stage(self.seed, "forget")
@@ -239,7 +251,8 @@ class Experiment:
             data, data_key = self.data()
             originals = [self._original(seed, None) for seed in self.member_seeds(self.attributor.models)]
             models = [self.model_from_state(payload) for payload, _, _ in originals]
-            key = content_key("attribution", data=data_key, originals=[k for _, k, _ in originals],
+            key = content_key("attribution", code=code_digest(type(self.attributor)), data=data_key,
+                              originals=[k for _, k, _ in originals],
                               attributor=self.attributor.cache_fields())
             payload, _ = self.cache.get_or_compute(key, lambda: self.attributor.fit(models, data.train),
                                                    "attribution (TRAK)")
@@ -279,6 +292,8 @@ class Experiment:
         start = time.perf_counter()
         try:
             unlearned, status = self.method.unlearn(ctx), "ok"
+            if not finite_model(unlearned):
+                raise DivergedError("the unlearned model has non-finite weights or buffers")
         except DivergedError as exc:
             log.warning("method %s diverged: %s", self.method.name, exc)
             unlearned, status = None, "diverged"
@@ -294,7 +309,8 @@ class Experiment:
 
     def evaluate_reference(self, model: nn.Module, model_key: str, art: Artifacts, splits: Splits) -> dict[str, float]:
         """Metrics of the original / the oracle: deterministic, so cached like the models themselves."""
-        key = content_key("eval", model=model_key, oracle=art.oracle_key, forget=self._forget[1],
+        key = content_key("eval", code=code_digest(self.evaluate, self.task.evaluate, self.task.compare_to_oracle), model=model_key, oracle=art.oracle_key,
+                          forget=self._forget[1],
                           task=plain(self.cfg.data.task), eval_seed=int(self.cfg.eval.seed))
         metrics, _ = self.cache.get_or_compute(key, lambda: self.evaluate(model, art.oracle, splits), "reference metrics")
         return metrics
@@ -337,6 +353,8 @@ class Experiment:
         if unlearned is not None:
             metrics = self.evaluate(unlearned, art.oracle, splits)
             if not all(np.isfinite(v) for v in metrics.values()):
+                log.warning("method %s: the unlearned model's outputs are not finite (metrics %s); status diverged",
+                            self.method.name, sorted(k for k, v in metrics.items() if not np.isfinite(v)))
                 status = "diverged"
         else:
             metrics = {name: float("nan") for name in oracle_metrics}
@@ -359,6 +377,7 @@ class Experiment:
             gap_metrics=self.task.gap_metrics, command=command, config=plain(self.cfg),
             run_dir=str(run_dir) if run_dir else None,
             timings=art.timings | ({"precompute_s": self._precompute_seconds} if self._precompute_seconds else {}),
+            env=environment(str(self.runtime.device), getattr(self.method, "batch_size", None)),
         )
         if run_dir is not None:
             # The forget set itself, so it can be reused (forget=from_file) or published.
@@ -371,10 +390,21 @@ class Experiment:
             if unlearned is not None:
                 self.task.save_pictures(Path(run_dir), {"original": art.original, "retrain (oracle)": art.oracle,
                                                         self.method.name: unlearned}, self.runtime, int(self.cfg.eval.seed))
+        record_row(row, run_dir, Path(self.cfg.table_path))
         for lg in loggers:
-            lg.log_result(row, run_dir)
+            try:
+                lg.log_result(row, run_dir)
+            except Exception as exc:  # an extra sink failing must not lose a run whose row is already recorded
+                log.warning("logger %s failed (%s: %s); the row is in %s", type(lg).__name__, type(exc).__name__, exc,
+                            self.cfg.table_path)
         print("\n" + summary_table(row) + "\n", flush=True)
         return row
+
+
+def finite_model(model: nn.Module) -> bool:
+    """Whether every floating-point weight and buffer is finite (one host sync)."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
 
 
 def state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -139,8 +139,12 @@ def optimise(model: nn.Module, objective: Objective, streams: Streams, config: O
              generator: torch.Generator, *, augment: Callable[[Batch, torch.Generator], Batch] | None = None,
              hooks: StepHooks | None = None, desc: str = "train",
              on_epoch: Callable[[str, int, float], None] | None = None) -> History:
-    """Run `config.epochs` epochs of `objective` over `streams`; raise DivergedError on a non-finite loss."""
-    optimizer = config.make_optimizer([p for p in model.parameters() if p.requires_grad])
+    """Run `config.epochs` epochs of `objective` over `streams`.
+
+    Raises DivergedError when an epoch's loss or, after the epoch's last step, any trained weight is not
+    finite (the loss is computed before each step, so only the weights show what the last step did)."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = config.make_optimizer(trained)
     steps_per_epoch = streams.steps_per_epoch(config.batch_size)
     total = max(config.epochs * steps_per_epoch, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: config.lr_factor(step, total))
@@ -166,10 +170,13 @@ def optimise(model: nn.Module, objective: Objective, streams: Streams, config: O
                 hooks.after_step(model, optimizer)
             running += loss.detach().float()
             n_steps += 1
-        # One host sync per epoch: the divergence check and the logged loss share it.
-        mean_loss = (running / max(n_steps, 1)).item()
+        # One host sync per epoch: the divergence checks and the logged loss share it.
+        finite = torch.stack([torch.isfinite(p).all() for p in trained]).all() if trained else running.new_ones(())
+        mean_loss, weights_ok = torch.stack([running / max(n_steps, 1), finite.to(running.dtype)]).tolist()
         if not math.isfinite(mean_loss):
             raise DivergedError(f"{desc}: loss became {mean_loss} in epoch {epoch + 1}/{config.epochs}")
+        if not weights_ok:
+            raise DivergedError(f"{desc}: weights became non-finite in epoch {epoch + 1}/{config.epochs}")
         history.epoch_losses.append(mean_loss)
         bar.set_postfix(loss=f"{mean_loss:.4f}")
         if on_epoch is not None:

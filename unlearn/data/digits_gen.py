@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from unlearn.data.sources import load_digits
 from unlearn.data.tensordata import DataBundle, TensorData
 from unlearn.errors import ConfigError
+from unlearn.knobs import NON_NEGATIVE_INT, OPEN_FRACTION, Range, declare
 
 NOISE_TARGET = -1  # pseudo_y of an example trained against the true noise
 
 
+@declare(split_seed=NON_NEGATIVE_INT, val_fraction=OPEN_FRACTION, limit=Range(1, integer=True, optional=True), test_fraction=OPEN_FRACTION, image_size=Range(8, integer=True))
 def load_digits_gen(image_size: int = 16, split_seed: int = 0, test_fraction: float = 0.2, val_fraction: float = 0.1,
                     limit: int | None = None) -> DataBundle:
     """The bundled 8x8 digits (same splits as `load_digits`), bilinearly upsampled to `image_size`."""

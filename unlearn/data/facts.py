@@ -20,6 +20,7 @@ import torch
 
 from unlearn.data.tensordata import DataBundle, TensorData
 from unlearn.errors import ConfigError
+from unlearn.knobs import COUNT, NON_NEGATIVE_INT, Range, declare
 
 IGNORE = -100  # label of tokens that are not scored (question, padding)
 
@@ -221,6 +222,8 @@ def _encode_split(tokenizer, facts: list[Fact], length: int, prompt_length: int)
     )
 
 
+@declare(n_authors=Range(2, integer=True), facts_per_author=Range(1, 7, integer=True),
+         n_perturbed=COUNT, val_authors=NON_NEGATIVE_INT, test_authors=COUNT, seed=NON_NEGATIVE_INT)
 def load_facts(tokenizer: str = "bytes", n_authors: int = 40, facts_per_author: int = 5, n_perturbed: int = 3,
                val_authors: int = 4, test_authors: int = 8, seed: int = 0) -> DataBundle:
     """Train facts of `n_authors` authors; val and test facts of other, never-trained authors."""

@@ -13,6 +13,7 @@ import numpy as np
 
 from unlearn.data.tensordata import DataBundle
 from unlearn.errors import ConfigError
+from unlearn.knobs import Range
 
 if TYPE_CHECKING:
     from torch import nn
@@ -66,6 +67,9 @@ class RandomForget(ForgetBuilder):
     """A uniformly random `ratio` (or `count`) of the training examples, or of the groups if there are any."""
 
     name = "random"
+
+    knobs = {"ratio": Range(0, 1, low_open=True, high_open=True, optional=True),
+             "count": Range(1, integer=True, optional=True)}
 
     def __init__(self, ratio: float | None = 0.1, count: int | None = None):
         if count is None and ratio is None:

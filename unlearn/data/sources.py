@@ -15,6 +15,10 @@ import torch
 
 from unlearn.data.tensordata import DataBundle, TensorData
 from unlearn.errors import ConfigError, DataNotFoundError
+from unlearn.knobs import NON_NEGATIVE_INT, OPEN_FRACTION, Range, declare
+from unlearn.knobs import declare
+from unlearn.knobs import declare
+from unlearn.knobs import declare
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ def _bundle(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndar
     )
 
 
+@declare(split_seed=NON_NEGATIVE_INT, val_fraction=OPEN_FRACTION, limit=Range(1, integer=True, optional=True), test_fraction=OPEN_FRACTION)
 def load_digits(split_seed: int = 0, test_fraction: float = 0.2, val_fraction: float = 0.1,
                 limit: int | None = None) -> DataBundle:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images): needs no download."""
@@ -107,6 +112,7 @@ def _download_with_torchvision(dataset_cls, root: Path, what: str, expected: Pat
         ) from exc
 
 
+@declare(split_seed=NON_NEGATIVE_INT, val_fraction=OPEN_FRACTION, limit=Range(1, integer=True, optional=True))
 def load_cifar(name: str = "cifar10", root: str | None = None, download: bool = True, split_seed: int = 0,
                val_fraction: float = 0.1, limit: int | None = None) -> DataBundle:
     """CIFAR-10/100 from the official python pickles under `root/<folder>`; 10% of train per class is val."""
@@ -140,6 +146,7 @@ def load_cifar(name: str = "cifar10", root: str | None = None, download: bool = 
     return _bundle(name, train_x, train_y, test_x, test_y, val_fraction, split_seed, names, limit)
 
 
+@declare(split_seed=NON_NEGATIVE_INT, val_fraction=OPEN_FRACTION, limit=Range(1, integer=True, optional=True))
 def load_svhn(root: str | None = None, download: bool = True, split_seed: int = 0, val_fraction: float = 0.1,
               limit: int | None = None) -> DataBundle:
     """SVHN cropped digits from the official `train_32x32.mat` / `test_32x32.mat` (label 10 means digit 0)."""
@@ -166,6 +173,7 @@ def load_svhn(root: str | None = None, download: bool = True, split_seed: int = 
     return _bundle("svhn", train_x, train_y, test_x, test_y, val_fraction, split_seed, [str(d) for d in range(10)], limit)
 
 
+@declare(split_seed=NON_NEGATIVE_INT, val_fraction=OPEN_FRACTION, limit=Range(1, integer=True, optional=True), image_size=Range(8, integer=True))
 def load_image_folder(root: str, image_size: int = 64, name: str = "imagefolder", split_seed: int = 0,
                       val_fraction: float = 0.1, limit: int | None = None) -> DataBundle:
     """`root/train/<class>/*` and `root/test/<class>/*` (e.g. Tiny-ImageNet rearranged), resized once to tensors."""

@@ -28,6 +28,7 @@ from unlearn.data.forget import ClassForget, ForgetBuilder, ForgetSet, RandomFor
 from unlearn.data.tensordata import Batch, DataBundle, TensorData
 from unlearn.errors import ConfigError
 from unlearn.training import OptimConfig, Streams, optimise
+from unlearn.knobs import COUNT, NON_NEGATIVE
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class BilevelSelection:
     """The bilevel search shared by the example-wise and the class-wise builders (knobs in conf/forget/)."""
 
     needs_original = True
+    knobs = {"upper_epochs": COUNT, "lower_epochs": COUNT, "lr_w": NON_NEGATIVE, "lr_theta": NON_NEGATIVE,
+             "gamma": NON_NEGATIVE, "l1": NON_NEGATIVE, "binarize_every": COUNT, "batch_size": COUNT}
 
     def _init_bilevel(self, upper_epochs: int, lower_epochs: int, lr_w: float, lr_theta: float, gamma: float,
                       l1: float, binarize_every: int, batch_size: int) -> None:
@@ -189,6 +192,8 @@ class WorstCaseClassForget(BilevelSelection, ForgetBuilder):
 
     name = "worst_case_class"
     removes_classes = True
+
+    knobs = {"num_classes": COUNT}
 
     def __init__(self, num_classes: int = 1, upper_epochs: int = 10, lower_epochs: int = 10, lr_w: float = 0.01,
                  lr_theta: float = 0.01, gamma: float = 0.0, l1: float = 0.0, binarize_every: int = 20,

@@ -6,10 +6,13 @@ samples apart; each attack's false-positive and false-negative rates bound an ε
 hypothesis testing), the example's ε is the strongest attack's, and ε is turned into points that halve
 every 0.5 nats. The choices below follow the competition's published scorer (checked against it):
 - Attacks: (a) one threshold, "positive" = the group with the larger median, predicted positive iff
-  φ >= t; (b) an interval, "positive" = the group with the smaller spread (max − min; ties: the retrain
-  group), predicted positive iff l <= φ <= r, with a width within `interval_slack` (2.0 φ-units) of that
-  smaller spread. The scorer scans a fine grid of thresholds; here every distinct decision is enumerated
-  exactly (endpoints at observed values): O(N²) per example.
+  φ >= t; (b) an interval, "positive" = the tighter group (the smaller spread, max − min), predicted
+  positive iff l <= φ <= r. As in the scorer, the tighter group is found by starting from (a)'s positive
+  group and swapping when its spread is >= the other's, so on an exact tie of spreads it is the group with
+  the smaller median. The interval is limited in width and in place: r − l within `interval_slack` (2.0
+  φ-units) of the tighter group's spread, and r within `interval_slack` of the tighter group's maximum.
+  The scorer scans a fine grid of thresholds; here every distinct decision is enumerated exactly
+  (endpoints at observed values): O(N²) per example.
 - A group whose spread is under 1% of the other's is a near point mass that threshold attacks cannot
   certify with N samples (an attack that catches it has FNR = 0 and is discarded); the scorer gives such
   examples the worst ε, and so does this module (`min_spread_ratio`).
@@ -30,7 +33,8 @@ import math
 
 import numpy as np
 
-from unlearn.errors import ConfigError
+from unlearn.errors import ShapeError
+from unlearn.eval.checks import as_array
 
 DELTA = 1e-5
 BIN_WIDTH = 0.5
@@ -47,10 +51,12 @@ def epsilon_from_rates(fpr: np.ndarray, fnr: np.ndarray, delta: float = DELTA) -
     """
     fpr = np.asarray(fpr, dtype=np.float64)
     fnr = np.asarray(fnr, dtype=np.float64)
+    if fpr.shape != fnr.shape:
+        raise ShapeError(f"fpr and fnr must have the same shape, got {fpr.shape} and {fnr.shape}")
     if np.any((fpr < 0) | (fpr > 1) | (fnr < 0) | (fnr > 1)):
-        raise ConfigError("FPR and FNR must lie in [0, 1]")
+        raise ValueError("FPR and FNR must lie in [0, 1]")
     if not 0.0 <= delta < 1.0:
-        raise ConfigError(f"delta must lie in [0, 1), got {delta}")
+        raise ValueError(f"delta must lie in [0, 1), got {delta}")
     with np.errstate(divide="ignore", invalid="ignore"):
         first = np.where(1 - delta - fpr > 0, np.log(1 - delta - fpr) - np.log(fnr), -np.inf)
         second = np.where(1 - delta - fnr > 0, np.log(1 - delta - fnr) - np.log(fpr), -np.inf)
@@ -75,18 +81,22 @@ def _threshold_rates(positive: np.ndarray, negative: np.ndarray) -> tuple[np.nda
     return false_pos / negative.size, _count_below(positive, cuts) / positive.size
 
 
-def _interval_rates(positive: np.ndarray, negative: np.ndarray, width: float,
-                    slack: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _interval_rates(positive: np.ndarray, negative: np.ndarray, width: float, slack: float | None,
+                    anchor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, FNR) of "positive iff l <= x <= r" for every distinct decision of an interval whose width is
-    within `slack` of `width` (any width if slack is None); endpoints are enumerated at observed values."""
+    within `slack` of `width` and whose right edge is within `slack` of `anchor` (no limits if slack is
+    None); endpoints are enumerated at observed values."""
     ends = np.unique(np.concatenate([positive, negative]))
     left, right = np.triu_indices(ends.size)
     if slack is not None:
-        # Capturing exactly ends[left..right] takes a width in [ends[right] − ends[left], gap to the outer
-        # neighbours); keep the decision if that range meets [width − slack, width + slack].
-        before = np.concatenate([[-np.inf], ends[:-1]])
-        after = np.concatenate([ends[1:], [np.inf]])
-        keep = (ends[right] - ends[left] <= width + slack) & (after[right] - before[left] > width - slack)
+        # Capturing exactly ends[left..right] takes a right edge R in [ends[right], after[right]) and a left
+        # edge L in (before[left], ends[left]]. Keep the decision if some such R lies within slack of the
+        # anchor while R − L lies within slack of the width.
+        before = np.concatenate([[-np.inf], ends[:-1]])[left]
+        after = np.concatenate([ends[1:], [np.inf]])[right]
+        low = np.maximum(ends[right], anchor - slack)                         # smallest admissible R
+        high = np.minimum(anchor + slack, ends[left] + width + slack)         # largest admissible R
+        keep = (low <= high) & (low < after) & (before + width - slack < np.minimum(high, after))
         left, right = left[keep], right[keep]
     inside_pos = _count_at_most(positive, ends)[right] - _count_below(positive, ends)[left]
     inside_neg = _count_at_most(negative, ends)[right] - _count_below(negative, ends)[left]
@@ -99,30 +109,32 @@ def example_epsilon(unlearned: np.ndarray, retrain: np.ndarray, delta: float = D
 
     The strongest surviving attack's ε; 0 when no attack survives the discard rule (no evidence, e.g.
     both samples are the same constant); inf for a near point mass (see the module docstring) or a
-    perfect separation.
+    perfect separation; NaN when a value is not finite (a diverged model). Inputs are (N_u,) and (N_r,).
     """
-    unlearned = np.sort(np.asarray(unlearned, dtype=np.float64).reshape(-1))
-    retrain = np.sort(np.asarray(retrain, dtype=np.float64).reshape(-1))
-    if min(unlearned.size, retrain.size) == 0 or not np.isfinite(np.concatenate([unlearned, retrain])).all():
-        raise ConfigError("example_epsilon needs at least one finite value per group")
+    unlearned = np.sort(as_array(unlearned, "unlearned", (None,)))
+    retrain = np.sort(as_array(retrain, "retrain", (None,)))
+    if min(unlearned.size, retrain.size) == 0:
+        raise ShapeError(f"example_epsilon needs at least one value per group, got {unlearned.size} and {retrain.size}")
+    if not np.isfinite(np.concatenate([unlearned, retrain])).all():
+        return math.nan
     spread_u, spread_r = unlearned[-1] - unlearned[0], retrain[-1] - retrain[0]
     if max(spread_u, spread_r) > 0 and min(spread_u, spread_r) / max(spread_u, spread_r) < min_spread_ratio:
         return math.inf
     median_pos, median_neg = (retrain, unlearned) if np.median(retrain) > np.median(unlearned) else (unlearned, retrain)
-    peaky_pos, peaky_neg = (retrain, unlearned) if spread_r <= spread_u else (unlearned, retrain)
+    spread = lambda group: group[-1] - group[0]  # noqa: E731
+    # The scorer's swap rule: the tighter group is the other one whenever the positive's spread is >= its own.
+    peaky_pos, peaky_neg = (median_neg, median_pos) if spread(median_pos) >= spread(median_neg) else (median_pos, median_neg)
     fpr_t, fnr_t = _threshold_rates(median_pos, median_neg)
-    fpr_i, fnr_i = _interval_rates(peaky_pos, peaky_neg, min(spread_u, spread_r), interval_slack)
+    fpr_i, fnr_i = _interval_rates(peaky_pos, peaky_neg, spread(peaky_pos), interval_slack, anchor=peaky_pos[-1])
     eps = epsilon_from_rates(np.concatenate([fpr_t, fpr_i]), np.concatenate([fnr_t, fnr_i]), delta)
     surviving = eps[~np.isnan(eps)]
     return float(surviving.max()) if surviving.size else 0.0
 
 
-def _model_by_example(stats: np.ndarray, name: str) -> np.ndarray:
-    stats = np.asarray(stats, dtype=np.float64)
-    if stats.ndim != 2 or stats.shape[0] < 2:
-        raise ConfigError(f"{name} must be an (N_models >= 2, n_examples) array, got shape {stats.shape}")
-    if not np.all(np.isfinite(stats)):
-        raise ConfigError(f"{name} must be finite")
+def _model_by_example(stats: np.ndarray, name: str, dims: dict[str, int]) -> np.ndarray:
+    stats = as_array(stats, name, (None, "n"), dims)
+    if stats.shape[0] < 2:
+        raise ShapeError(f"{name} must be (N_models, n) with N_models >= 2, got {stats.shape}")
     return stats
 
 
@@ -130,10 +142,9 @@ def per_example_epsilon(unlearned_stats: np.ndarray, retrain_stats: np.ndarray, 
                         min_spread_ratio: float = MIN_SPREAD_RATIO,
                         interval_slack: float | None = INTERVAL_SLACK) -> np.ndarray:
     """(N_u, n) unlearned and (N_r, n) retrained statistics -> (n,) ε per example (see `example_epsilon`)."""
-    unlearned = _model_by_example(unlearned_stats, "unlearned_stats")
-    retrain = _model_by_example(retrain_stats, "retrain_stats")
-    if unlearned.shape[1] != retrain.shape[1]:
-        raise ConfigError(f"unlearned {unlearned.shape} and retrain {retrain.shape} stats must cover the same examples")
+    dims: dict[str, int] = {}
+    unlearned = _model_by_example(unlearned_stats, "unlearned_stats", dims)
+    retrain = _model_by_example(retrain_stats, "retrain_stats", dims)
     return np.array([example_epsilon(unlearned[:, i], retrain[:, i], delta, min_spread_ratio, interval_slack)
                      for i in range(unlearned.shape[1])])
 
@@ -141,24 +152,26 @@ def per_example_epsilon(unlearned_stats: np.ndarray, retrain_stats: np.ndarray, 
 def default_max_epsilon(n_models: int) -> float:
     """ceil(ln(N − 1)): about the largest finite ε that N samples per group can show."""
     if n_models < 3:
-        raise ConfigError(f"the ε score needs at least 3 models per group (got {n_models}): with N models the "
+        raise ValueError(f"the ε score needs at least 3 models per group (got {n_models}): with N models the "
                           "bins run up to ceil(ln(N − 1)), which is 0 for N = 2")
     return float(math.ceil(math.log(n_models - 1)))
 
 
 def example_score(epsilon: np.ndarray, max_epsilon: float, bin_width: float = BIN_WIDTH) -> np.ndarray:
-    """Points H per example: 2/2^k for ε in bin k = 1 + floor(ε / bin_width), 0 from the last full bin's end on."""
-    epsilon = np.asarray(epsilon, dtype=np.float64)
-    if np.any(np.isnan(epsilon)) or np.any(epsilon < 0):
-        raise ConfigError("epsilon must be >= 0 (inf allowed), without NaN")
+    """Points H per example: 2/2^k for ε in bin k = 1 + floor(ε / bin_width), 0 from the last full bin's end on.
+    (n,) ε -> (n,) points; a NaN ε (a diverged model) gives NaN points."""
+    epsilon = as_array(epsilon, "epsilon", (None,))
+    if np.any(epsilon < 0):
+        raise ValueError("epsilon must be >= 0 (inf allowed)")
     if not bin_width > 0:
-        raise ConfigError(f"bin_width must be > 0, got {bin_width}")
+        raise ValueError(f"bin_width must be > 0, got {bin_width}")
     n_bins = math.floor(max_epsilon / bin_width + 1e-9)
     if n_bins < 1:
-        raise ConfigError(f"max_epsilon {max_epsilon} leaves no bin of width {bin_width}")
+        raise ValueError(f"max_epsilon {max_epsilon} leaves no bin of width {bin_width}")
     with np.errstate(invalid="ignore"):
         k = np.floor(epsilon / bin_width) + 1
-    return np.where(k <= n_bins, 2.0 / np.exp2(np.minimum(k, n_bins)), 0.0)
+    points = np.where(k <= n_bins, 2.0 / np.exp2(np.minimum(k, n_bins)), 0.0)
+    return np.where(np.isnan(epsilon), np.nan, points)
 
 
 def forgetting_quality(unlearned_stats: np.ndarray, retrain_stats: np.ndarray, delta: float = DELTA,
@@ -175,8 +188,9 @@ def forgetting_quality(unlearned_stats: np.ndarray, retrain_stats: np.ndarray, d
         max_epsilon: end of the last bin; None -> ceil(ln(min(N_u, N_r) − 1)) (the scorer's rule; it uses
             N_u, equal to N_r there).
     """
-    unlearned = _model_by_example(unlearned_stats, "unlearned_stats")
-    retrain = _model_by_example(retrain_stats, "retrain_stats")
+    dims: dict[str, int] = {}
+    unlearned = _model_by_example(unlearned_stats, "unlearned_stats", dims)
+    retrain = _model_by_example(retrain_stats, "retrain_stats", dims)
     if max_epsilon is None:
         max_epsilon = default_max_epsilon(min(unlearned.shape[0], retrain.shape[0]))
     eps = per_example_epsilon(unlearned, retrain, delta, min_spread_ratio, interval_slack)
@@ -186,6 +200,8 @@ def forgetting_quality(unlearned_stats: np.ndarray, retrain_stats: np.ndarray, d
 def unlearning_score(forgetting: float, ra_u: float, ra_r: float, ta_u: float, ta_r: float) -> float:
     """Final score = F × RA_u/RA_r × TA_u/TA_r: retain and test accuracy of the unlearned vs the retrained
     model(s), in any one unit (fractions or percentages)."""
+    if not all(math.isfinite(v) for v in (forgetting, ra_u, ra_r, ta_u, ta_r)):
+        return math.nan
     if not (ra_r > 0 and ta_r > 0):
-        raise ConfigError(f"the retrained model's retain and test accuracies must be > 0, got RA_r={ra_r}, TA_r={ta_r}")
+        raise ValueError(f"the retrained model's retain and test accuracies must be > 0, got RA_r={ra_r}, TA_r={ta_r}")
     return float(forgetting * (ra_u / ra_r) * (ta_u / ta_r))

@@ -4,17 +4,15 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import rel_entr
 
-from unlearn.errors import ConfigError
+from unlearn.eval.checks import as_array
 
 DEFAULT_EPS = 1e-12
 
 
-def _as_distributions(probs: np.ndarray, name: str) -> np.ndarray:
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2:
-        raise ConfigError(f"{name} must be an (n_examples, n_classes) array of probabilities, got shape {probs.shape}")
-    if not np.all(np.isfinite(probs)) or np.any(probs < 0):
-        raise ConfigError(f"{name} must hold finite, non-negative probabilities")
+def _as_distributions(probs: np.ndarray, name: str, dims: dict[str, int]) -> np.ndarray:
+    probs = as_array(probs, name, ("n", "C"), dims)
+    if np.any(probs < 0):
+        raise ValueError(f"{name} must hold non-negative probabilities")
     return probs
 
 
@@ -36,25 +34,31 @@ def kl_to_reference(unlearned_probs: np.ndarray, oracle_probs: np.ndarray, eps: 
             but the unlearned model does not costs a large finite p·log(p/eps) instead of infinity. The
             smoothing moves any other value by O(C·eps).
     Returns:
-        (n,) non-negative KL values. Order matters: KL is not symmetric.
+        (n,) non-negative KL values; NaN for an example where either distribution is not finite (a diverged
+        model). Order matters: KL is not symmetric.
+    Raises:
+        ShapeError if the shapes differ from (n, C) and (n, C).
     """
-    p = _as_distributions(unlearned_probs, "unlearned_probs")
-    q = _as_distributions(oracle_probs, "oracle_probs")
-    if p.shape != q.shape:
-        raise ConfigError(f"unlearned_probs {p.shape} and oracle_probs {q.shape} must have the same shape")
+    dims: dict[str, int] = {}
+    p = _as_distributions(unlearned_probs, "unlearned_probs", dims)
+    q = _as_distributions(oracle_probs, "oracle_probs", dims)
     if not eps > 0:
-        raise ConfigError(f"eps must be > 0, got {eps}")
-    return rel_entr(_smooth(p, eps), _smooth(q, eps)).sum(axis=1)
+        raise ValueError(f"eps must be > 0, got {eps}")
+    finite = np.isfinite(p).all(axis=1) & np.isfinite(q).all(axis=1)
+    out = np.full(len(p), np.nan)
+    out[finite] = rel_entr(_smooth(p[finite], eps), _smooth(q[finite], eps)).sum(axis=1)
+    return out
 
 
 def summarize(values: np.ndarray, percentile: float = 95.0) -> dict[str, float]:
     """Mean and a high percentile of per-example divergences (the tail is where unlearning fails).
 
-    Returns {"mean": ..., "p<percentile>": ...}, e.g. {"mean": 0.1, "p95": 0.4}; NaNs for an empty array.
+    Returns {"mean": ..., "p<percentile>": ...}, e.g. {"mean": 0.1, "p95": 0.4}; NaNs for an empty array
+    or one holding a NaN. `values` is (n,).
     """
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    values = as_array(values, "values", (None,))
     if not 0.0 <= percentile <= 100.0:
-        raise ConfigError(f"percentile must be in [0, 100], got {percentile}")
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
     key = f"p{percentile:g}"
     if values.size == 0:
         return {"mean": float("nan"), key: float("nan")}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from unlearn.errors import ConfigError
+from unlearn.errors import ShapeError
+from unlearn.eval.checks import as_array
 
 
 def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -24,18 +25,18 @@ def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim < 1 or logits.shape[-1] < 2:
-        raise ConfigError(f"logits must have a last axis of at least 2 classes, got shape {logits.shape}")
+        raise ShapeError(f"logits must have shape (..., C) with C >= 2 classes, got {logits.shape}")
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ConfigError(f"labels must be integers, got dtype {labels.dtype}")
+        raise ShapeError(f"labels must be integers, got dtype {labels.dtype}")
     num_classes = logits.shape[-1]
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ConfigError(f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
+        raise ShapeError(f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
     try:
         labels = np.broadcast_to(labels, logits.shape[:-1])[..., None]
     except ValueError:
-        raise ConfigError(f"labels of shape {labels.shape} do not broadcast to logits.shape[:-1] = "
-                          f"{logits.shape[:-1]}") from None
+        raise ShapeError(f"labels must have a shape broadcastable to {logits.shape[:-1]} (logits.shape[:-1]), "
+                         f"got {labels.shape}") from None
     true_logit = np.take_along_axis(logits, labels, axis=-1)[..., 0]
     others = logits.copy()
     np.put_along_axis(others, labels, -np.inf, axis=-1)
@@ -66,25 +67,28 @@ def klom(unlearned_margins: np.ndarray, oracle_margins: np.ndarray, bins: int = 
             O(bins·floor) at most, and identical histograms still give exactly 0.
     Returns:
         (n_examples,) KL values in nats; 0 when an example's unlearned and oracle margins are identically
-        distributed over the bins (e.g. all values equal).
+        distributed over the bins (e.g. all values equal); NaN for an example with a non-finite margin.
+    Raises:
+        ShapeError unless both inputs are (N, n_examples) with N >= 1 and the same n_examples.
 
-    The order is KL(unlearned ‖ oracle), as the paper defines it (a public reference script swaps it).
+    The order is KL(unlearned ‖ oracle), as the paper and the public scripts checked define it.
     """
-    unlearned = np.asarray(unlearned_margins, dtype=np.float64)
-    oracle = np.asarray(oracle_margins, dtype=np.float64)
-    if unlearned.ndim != 2 or oracle.ndim != 2:
-        raise ConfigError(f"margins must be (N_models, n_examples) arrays, got {unlearned.shape} and {oracle.shape}")
-    if unlearned.shape[1] != oracle.shape[1]:
-        raise ConfigError(f"unlearned ({unlearned.shape[1]}) and oracle ({oracle.shape[1]}) margins must cover "
-                          "the same examples")
+    dims: dict[str, int] = {}
+    unlearned = as_array(unlearned_margins, "unlearned_margins", (None, "n"), dims)
+    oracle = as_array(oracle_margins, "oracle_margins", (None, "n"), dims)
     if unlearned.shape[0] == 0 or oracle.shape[0] == 0:
-        raise ConfigError("KLoM needs at least one unlearned model and one oracle")
-    if not (np.all(np.isfinite(unlearned)) and np.all(np.isfinite(oracle))):
-        raise ConfigError("margins must be finite")
+        raise ShapeError(f"KLoM needs at least one unlearned model and one oracle, got {unlearned.shape} and "
+                         f"{oracle.shape}")
     if int(bins) != bins or bins < 1:
-        raise ConfigError(f"bins must be a positive integer, got {bins}")
+        raise ValueError(f"bins must be a positive integer, got {bins}")
     if not 0.0 < floor < 1.0:
-        raise ConfigError(f"floor must lie in (0, 1), got {floor}")
+        raise ValueError(f"floor must lie in (0, 1), got {floor}")
+    finite = np.isfinite(unlearned).all(axis=0) & np.isfinite(oracle).all(axis=0)
+    if not finite.all():
+        out = np.full(unlearned.shape[1], np.nan)
+        if finite.any():
+            out[finite] = klom(unlearned[:, finite], oracle[:, finite], bins, floor)
+        return out
     bins = int(bins)
     low = np.minimum(unlearned.min(axis=0), oracle.min(axis=0))
     high = np.maximum(unlearned.max(axis=0), oracle.max(axis=0))

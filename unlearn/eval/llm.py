@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from unlearn.eval.checks import as_array
+
 
 def answer_probability(nll: np.ndarray) -> float:
     """Mean over examples of exp(−mean token NLL): the geometric-mean probability per answer token."""
@@ -23,10 +25,11 @@ def truth_ratios(paraphrased_nll: np.ndarray, perturbed_nll: np.ndarray) -> np.n
 
     P(perturbed) is the geometric mean over the K false answers, so R = exp(NLL_para − mean_k NLL_k):
     R < 1 prefers the true answer, R ≈ 1 is indifferent, R > 1 prefers the false ones.
-    `paraphrased_nll` is (N,), `perturbed_nll` (N, K).
+    `paraphrased_nll` is (N,), `perturbed_nll` (N, K); a (K, N) matrix is refused (ShapeError), not reshaped.
     """
-    para = np.asarray(paraphrased_nll, dtype=np.float64)
-    pert = np.asarray(perturbed_nll, dtype=np.float64).reshape(len(para), -1)
+    dims: dict[str, int] = {}
+    para = as_array(paraphrased_nll, "paraphrased_nll", ("N",), dims)
+    pert = as_array(perturbed_nll, "perturbed_nll", ("N", "K"), dims)
     return np.exp(para - pert.mean(axis=1))
 
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from unlearn.errors import ConfigError
+from unlearn.errors import ShapeError
+from unlearn.eval.checks import all_finite, as_array
+
+NAN_ROC = {"auc": float("nan"), "tpr_at_fpr": float("nan")}
 
 
 def mia_efficacy(member_scores: np.ndarray, nonmember_scores: np.ndarray, target_scores: np.ndarray) -> float:
@@ -11,18 +14,27 @@ def mia_efficacy(member_scores: np.ndarray, nonmember_scores: np.ndarray, target
 
     The attack (RBF SVC, C=3, gamma='auto', as in the SalUn reference) is fit on one feature per example:
     members (label 1, e.g. retain examples) against non-members (label 0, e.g. the test set).
+    Each input is (n,) — one feature per example — or (n, d), with the same d for all three.
+    Returns NaN when a set is empty or any score is NaN or infinite (a diverged model).
     """
     from sklearn.svm import SVC
 
-    if len(member_scores) == 0 or len(nonmember_scores) == 0 or len(target_scores) == 0:
+    dims: dict[str, int] = {}
+    members, nonmembers, target = (_features(x, name, dims) for x, name in (
+        (member_scores, "member_scores"), (nonmember_scores, "nonmember_scores"), (target_scores, "target_scores")))
+    if 0 in (len(members), len(nonmembers), len(target)) or not all_finite(members, nonmembers, target):
         return float("nan")
-    members = np.asarray(member_scores, dtype=np.float64).reshape(len(member_scores), -1)
-    nonmembers = np.asarray(nonmember_scores, dtype=np.float64).reshape(len(nonmember_scores), -1)
-    target = np.asarray(target_scores, dtype=np.float64).reshape(len(target_scores), -1)
     features = np.concatenate([members, nonmembers])
     labels = np.concatenate([np.ones(len(members)), np.zeros(len(nonmembers))])
     attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, labels)
     return float(100.0 * np.mean(attack.predict(target) == 0))
+
+
+def _features(values: np.ndarray, name: str, dims: dict[str, int]) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[:, None]
+    return as_array(array, name, (None, "d"), dims)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -32,17 +44,18 @@ LOG_FLOOR = 1e-30  # probabilities are clipped here before a log, so a saturated
 
 
 def _probs_and_labels(probs: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[1] < 2:
-        raise ConfigError(f"probs must be an (n_examples, n_classes >= 2) array, got shape {probs.shape}")
+    dims: dict[str, int] = {}
+    probs = as_array(probs, "probs", ("N", "C"), dims)
+    if probs.shape[1] < 2:
+        raise ShapeError(f"probs must be (N, C) with C >= 2 classes, got {probs.shape}")
     if labels is None:
         return probs, None
     labels = np.asarray(labels)
-    if labels.shape != (len(probs),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ConfigError(f"labels must be {len(probs)} integers (one per row of probs), got {labels.dtype} "
-                          f"array of shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ShapeError(f"labels must be integers, got {labels.dtype}")
+    labels = as_array(labels, "labels", ("N",), dims, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= probs.shape[1]):
-        raise ConfigError(f"labels must lie in [0, {probs.shape[1]})")
+        raise ShapeError(f"labels must lie in [0, {probs.shape[1]})")
     return probs, labels
 
 
@@ -87,16 +100,15 @@ def logit_scaled_confidence(probs: np.ndarray, labels: np.ndarray) -> np.ndarray
 # Threshold attacks scored by ROC.
 
 def _scores(values: np.ndarray, name: str) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    if np.isnan(values).any():
-        raise ConfigError(f"{name} contains NaN")
-    return values
+    """Scores of any shape, flattened (all (model, example) pairs pool into one ROC)."""
+    return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
 def attack_roc(positive_scores: np.ndarray, negative_scores: np.ndarray, target_fpr: float = 0.01) -> dict[str, float]:
     """AUC and TPR at `target_fpr` of an attack whose score is higher for positives (label 1).
 
-    Returns {"auc": ..., "tpr_at_fpr": ...}; both NaN if either side is empty. TPR at the target is the
+    Returns {"auc": ..., "tpr_at_fpr": ...}; both NaN if either side is empty or holds a NaN (a diverged
+    model; ±inf is a valid extreme score, e.g. an infinite loss). TPR at the target is the
     best TPR among the ROC's operating points whose FPR <= target_fpr (no interpolation), so with fewer
     than 1/target_fpr negatives it is the TPR at FPR = 0.
     """
@@ -106,9 +118,9 @@ def attack_roc(positive_scores: np.ndarray, negative_scores: np.ndarray, target_
     positive = _scores(positive_scores, "positive_scores")
     negative = _scores(negative_scores, "negative_scores")
     if not 0.0 <= target_fpr <= 1.0:
-        raise ConfigError(f"target_fpr must be in [0, 1], got {target_fpr}")
-    if positive.size == 0 or negative.size == 0:
-        return {"auc": float("nan"), "tpr_at_fpr": float("nan")}
+        raise ValueError(f"target_fpr must be in [0, 1], got {target_fpr}")
+    if positive.size == 0 or negative.size == 0 or np.isnan(positive).any() or np.isnan(negative).any():
+        return dict(NAN_ROC)
     labels = np.concatenate([np.ones(positive.size), np.zeros(negative.size)])
     # Ranks give the same ROC as the raw scores and let infinite scores (e.g. an infinite loss) through.
     scores = rankdata(np.concatenate([positive, negative]))
@@ -122,21 +134,18 @@ def tpr_at_fpr(positive_scores: np.ndarray, negative_scores: np.ndarray, target_
 
 
 def loss_attack_auc(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> float:
-    """AUC of the LOSS attack (lower loss = member): 1.0 perfectly separated, 0.5 indistinguishable."""
+    """AUC of the LOSS attack (lower loss = member): 1.0 perfectly separated, 0.5 indistinguishable.
+    Losses (n_members,) and (n_nonmembers,); NaN if any loss is NaN."""
     return attack_roc(-_scores(member_losses, "member_losses"), -_scores(nonmember_losses, "nonmember_losses"))["auc"]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Per-example LiRA (Carlini et al.) adapted to unlearning (U-LiRA, Hayes et al. 2024).
 
-def _model_by_example(stats: np.ndarray, name: str, min_models: int) -> np.ndarray:
-    stats = np.asarray(stats, dtype=np.float64)
-    if stats.ndim != 2:
-        raise ConfigError(f"{name} must be an (N_models, n_examples) array, got shape {stats.shape}")
+def _model_by_example(stats: np.ndarray, name: str, min_models: int, dims: dict[str, int]) -> np.ndarray:
+    stats = as_array(stats, name, (None, "n"), dims)
     if stats.shape[0] < min_models:
-        raise ConfigError(f"{name} needs at least {min_models} models, got {stats.shape[0]}")
-    if not np.all(np.isfinite(stats)):
-        raise ConfigError(f"{name} must be finite")
+        raise ShapeError(f"{name} must be (N_models, n) with N_models >= {min_models}, got {stats.shape}")
     return stats
 
 
@@ -168,15 +177,13 @@ def lira_scores(query_stats: np.ndarray, in_stats: np.ndarray, out_stats: np.nda
     Returns:
         Scores with query_stats' shape; higher = more like the "in" models.
     """
-    in_stats = _model_by_example(in_stats, "in_stats", 2)
-    out_stats = _model_by_example(out_stats, "out_stats", 2)
+    dims: dict[str, int] = {}
+    in_stats = _model_by_example(in_stats, "in_stats", 2, dims)
+    out_stats = _model_by_example(out_stats, "out_stats", 2, dims)
     query = np.asarray(query_stats, dtype=np.float64)
-    n_examples = in_stats.shape[1]
-    if out_stats.shape[1] != n_examples or query.shape[-1:] != (n_examples,) or query.ndim > 2:
-        raise ConfigError(f"in_stats {in_stats.shape}, out_stats {out_stats.shape} and query_stats {query.shape} "
-                          "must share the last (examples) axis; query_stats is (n,) or (M, n)")
+    query = as_array(query, "query_stats", ("n",) if query.ndim <= 1 else (None, "n"), dims)
     if not min_std > 0:
-        raise ConfigError(f"min_std must be > 0, got {min_std}")
+        raise ValueError(f"min_std must be > 0, got {min_std}")
     mean_in, std_in = _gaussian(in_stats, global_variance, min_std)
     mean_out, std_out = _gaussian(out_stats, global_variance, min_std)
     return _log_normal_pdf(query, mean_in, std_in) - _log_normal_pdf(query, mean_out, std_out)
@@ -201,14 +208,15 @@ def unlearning_lira(original_stats: np.ndarray, oracle_stats: np.ndarray, unlear
     Returns {"auc": ..., "tpr_at_fpr": ...}. AUC 0.5 and TPR ≈ target_fpr: unlearned models look like
     oracles (ideal). AUC → 1: they still look like originals (under-unlearning). AUC < 0.5: they look
     *less* like originals than oracles do (over-unlearning, e.g. gradient ascent overshooting), which is
-    distinguishable too — report |AUC − 0.5| if one number must rank both failure modes.
+    distinguishable too — report |AUC − 0.5| if one number must rank both failure modes. NaN when any
+    statistic is not finite.
     """
-    original = _model_by_example(original_stats, "original_stats", 3)
-    oracle = _model_by_example(oracle_stats, "oracle_stats", 3)
-    unlearned = _model_by_example(unlearned_stats, "unlearned_stats", 1)
-    if not original.shape[1] == oracle.shape[1] == unlearned.shape[1]:
-        raise ConfigError(f"original {original.shape}, oracle {oracle.shape} and unlearned {unlearned.shape} "
-                          "stats must cover the same examples")
+    dims: dict[str, int] = {}
+    original = _model_by_example(original_stats, "original_stats", 3, dims)
+    oracle = _model_by_example(oracle_stats, "oracle_stats", 3, dims)
+    unlearned = _model_by_example(unlearned_stats, "unlearned_stats", 1, dims)
+    if not all_finite(original, oracle, unlearned):
+        return dict(NAN_ROC)
     n_originals, n_oracles = original.shape[0], oracle.shape[0]
 
     def score_without(original_k: int, oracle_k: int, query: np.ndarray) -> np.ndarray:

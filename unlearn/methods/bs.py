@@ -18,6 +18,7 @@ from torch import nn
 
 from unlearn.data.tensordata import TensorData
 from unlearn.methods.base import GradientMethod, UnlearnContext
+from unlearn.knobs import POSITIVE
 
 
 class ForgetTowardTargets(GradientMethod):
@@ -52,6 +53,8 @@ def nearest_wrong_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bou
 class BoundaryShrink(ForgetTowardTargets):
     name = "bs"
     supports = ("classification",)
+
+    knobs = {"bound": POSITIVE}
 
     def __init__(self, bound: float = 0.1, **optim):
         super().__init__(**optim)

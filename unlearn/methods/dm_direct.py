@@ -16,6 +16,7 @@ from torch import nn
 
 from unlearn.attribution import Attribution, Params
 from unlearn.methods.base import Method, UnlearnContext
+from unlearn.knobs import NON_NEGATIVE
 
 
 class PredictedOutputs(nn.Module):
@@ -44,6 +45,8 @@ class PredictedOutputs(nn.Module):
 class DatamodelDirect(Method):
     name = "dm_direct"
     supports = ("classification",)
+
+    knobs = {"multiplier": NON_NEGATIVE}
 
     def __init__(self, multiplier: float = 1.0):
         self.multiplier = float(multiplier)

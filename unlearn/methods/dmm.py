@@ -3,10 +3,13 @@ f̂(x) = f_θo(x) − multiplier·Σ_{i∈F} β[i, x], then fine-tune θo to out
 set and sampled retain points. β are per-logit TRAK scores (unlearn/attribution.py, `attribution=` config).
 """
 from unlearn.methods.matching import OutputMatching
+from unlearn.knobs import NON_NEGATIVE
 
 
 class DatamodelMatching(OutputMatching):
     name = "dmm"
+
+    knobs = {"multiplier": NON_NEGATIVE}
 
     def __init__(self, multiplier: float = 1.0, **optim):
         super().__init__(**optim)

@@ -17,10 +17,14 @@ from torch import nn
 from unlearn.errors import ConfigError
 from unlearn.methods.base import Method, UnlearnContext
 from unlearn.methods.fisher import assign_flat_, diagonal_fisher, flatten, trainable
+from unlearn.knobs import COUNT, NON_NEGATIVE, POSITIVE, Range
 
 
 class FisherForgetting(Method):
     name = "ff"
+
+    knobs = {"alpha": NON_NEGATIVE, "max_std": NON_NEGATIVE, "eps": POSITIVE,
+             "num_samples": Range(1, integer=True, optional=True), "batch_size": COUNT}
 
     def __init__(self, alpha: float = 1e-8, max_std: float = 1e-3, eps: float = 1e-8,
                  num_samples: Optional[int] = None, batch_size: int = 128):

@@ -9,6 +9,7 @@ import torch
 from unlearn.errors import ConfigError
 from unlearn.methods.base import GradientMethod, UnlearnContext
 from unlearn.training import Streams
+from unlearn.knobs import NON_NEGATIVE, NON_NEGATIVE_INT
 
 
 class EpochClock:
@@ -31,6 +32,8 @@ class EpochClock:
 class L1Sparse(GradientMethod):
     name = "l1_sparse"
     uses_forget = False
+
+    knobs = {"alpha": NON_NEGATIVE, "no_l1_epochs": NON_NEGATIVE_INT}
 
     def __init__(self, alpha: float = 1e-4, no_l1_epochs: int = 0, **optim):
         super().__init__(**optim)

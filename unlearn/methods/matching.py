@@ -15,10 +15,13 @@ from unlearn.data.tensordata import TensorData
 from unlearn.errors import ConfigError
 from unlearn.methods.base import GradientMethod, UnlearnContext, concat_batches
 from unlearn.training import Streams, optimise
+from unlearn.knobs import NON_NEGATIVE
 
 
 class OutputMatching(GradientMethod):
     supports = ("classification",)
+
+    knobs = {"retain_per_forget": NON_NEGATIVE}
 
     def __init__(self, retain_per_forget: float = 3.0, **optim):
         super().__init__(**optim)

@@ -7,10 +7,13 @@ import torch
 
 from unlearn.errors import ConfigError
 from unlearn.methods.matching import OutputMatching
+from unlearn.knobs import COUNT
 
 
 class OracleMatching(OutputMatching):
     name = "oracle_matching"
+
+    knobs = {"oracles": COUNT}
 
     def __init__(self, oracles: int = 4, **optim):
         super().__init__(**optim)

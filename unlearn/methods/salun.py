@@ -6,10 +6,13 @@ to θo with their momentum zeroed — the reference let weight decay and momentu
 """
 from unlearn.methods.masks import FrozenOutsideMask, saliency_mask
 from unlearn.methods.rl import RandomLabel
+from unlearn.knobs import Range
 
 
 class SalUn(RandomLabel):
     name = "salun"
+
+    knobs = {"mask_ratio": Range(0, 1, low_open=True)}
 
     def __init__(self, mask_ratio: float = 0.5, **optim):
         super().__init__(**optim)

@@ -15,6 +15,7 @@ from unlearn.errors import ConfigError
 from unlearn.methods.fisher import assign_flat_, flatten, trainable
 from unlearn.methods.l1_sparse import EpochClock
 from unlearn.methods.rl import RandomLabel
+from unlearn.knobs import FRACTION
 
 
 def soft_threshold_update(start: torch.Tensor, current: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -29,6 +30,8 @@ def soft_threshold_update(start: torch.Tensor, current: torch.Tensor, fraction: 
 
 class SalUnSoft(RandomLabel):
     name = "salun_soft"
+
+    knobs = {"mask_ratio": FRACTION}
 
     def __init__(self, mask_ratio: float = 0.5, **optim):
         super().__init__(**optim)

@@ -17,6 +17,8 @@ from torch import nn
 from unlearn.errors import ConfigError
 from unlearn.methods.base import Method, UnlearnContext
 from unlearn.training import OptimConfig, Streams, optimise
+from unlearn.training import OPTIMIZERS
+from unlearn.knobs import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, OneOf, POSITIVE
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -29,6 +31,10 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 class SCRUB(Method):
     name = "scrub"
     supports = ("classification",)
+
+    knobs = {"lr": POSITIVE, "epochs": NON_NEGATIVE_INT, "max_epochs": NON_NEGATIVE_INT, "temperature": POSITIVE,
+             "ce_weight": NON_NEGATIVE, "kl_weight": NON_NEGATIVE, "batch_size": COUNT, "forget_batch_size": COUNT,
+             "optimizer": OneOf(OPTIMIZERS), "momentum": FRACTION, "weight_decay": NON_NEGATIVE}
 
     def __init__(self, lr: float, epochs: int, max_epochs: int, temperature: float = 4.0, ce_weight: float = 0.99,
                  kl_weight: float = 0.001, batch_size: int = 64, forget_batch_size: int = 16, optimizer: str = "sgd",

@@ -4,6 +4,7 @@ Downsampling is a stride-2 convolution rather than max-pooling: on 2 CPU cores m
 path cost more than all three convolutions together at this size.
 """
 from torch import nn
+from unlearn.knobs import COUNT, Range
 
 
 def conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
@@ -12,6 +13,8 @@ def conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Mod
 
 
 class SmallCNN(nn.Module):
+    knobs = {"num_classes": Range(2, integer=True), "in_channels": COUNT, "width": COUNT}
+
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16):
         super().__init__()
         w = width

@@ -14,11 +14,16 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 
 from unlearn.errors import ConfigError
+from unlearn.knobs import COUNT, Range
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 class ClassConditionalDDPM(nn.Module):
+    knobs = {"num_classes": Range(2, integer=True), "in_channels": COUNT, "sample_size": Range(4, integer=True),
+             "layers_per_block": COUNT, "norm_num_groups": COUNT, "num_train_timesteps": Range(2, integer=True),
+             "cond_dropout": Range(0, 1, high_open=True)}
+
     def __init__(self, num_classes: int, in_channels: int = 1, sample_size: int = 16,
                  block_out_channels: Sequence[int] = (32, 64), layers_per_block: int = 1, norm_num_groups: int = 8,
                  mid_attention: bool = False, num_train_timesteps: int = 1000, beta_schedule: str = "linear",

@@ -4,8 +4,11 @@ from __future__ import annotations
 from torch import nn
 
 from unlearn.errors import ConfigError
+from unlearn.knobs import COUNT, Range, declare
 
 
+@declare(vocab_size=Range(2, integer=True), hidden_size=COUNT, num_layers=COUNT, num_heads=COUNT,
+         intermediate_size=COUNT, max_positions=COUNT)
 def tiny_llama(vocab_size: int, hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4,
                intermediate_size: int = 256, max_positions: int = 256) -> nn.Module:
     """A randomly initialised `LlamaForCausalLM` (rotary positions, RMSNorm, SwiGLU): the real architecture

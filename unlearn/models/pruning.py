@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from unlearn.errors import ConfigError
+from unlearn.knobs import NON_NEGATIVE_INT, OPEN_FRACTION
+from unlearn.knobs import COUNT
 
 Masks = dict[str, torch.Tensor]
 Train = Callable[[nn.Module], None]
@@ -124,6 +126,8 @@ class Pruner:
 class IterativeMagnitude(Pruner):
     """IMP: rounds of pruning `per_round` of the remaining weights, each followed by rewind and retraining."""
 
+    knobs = {"rate": OPEN_FRACTION, "per_round": OPEN_FRACTION, "rewind_epoch": NON_NEGATIVE_INT}
+
     def __init__(self, rate: float = 0.95, per_round: float = 0.2, rewind_epoch: int = 2):
         super().__init__(rate)
         if not 0 < per_round < 1:
@@ -156,6 +160,8 @@ class OneShotMagnitude(IterativeMagnitude):
 
 class SynFlow(Pruner):
     """SynFlow: data-free pruning at initialisation by iterative synaptic flow, then sparse training."""
+
+    knobs = {"rate": OPEN_FRACTION, "iterations": COUNT}
 
     def __init__(self, rate: float = 0.95, iterations: int = 100):
         super().__init__(rate)

@@ -1,6 +1,7 @@
 """CIFAR-style ResNet-18: 3x3 stem, stride 1, no max-pool (the SalUn / Sparse / WorstCase model)."""
 import torch.nn.functional as F
 from torch import nn
+from unlearn.knobs import COUNT, Range, declare
 
 
 class BasicBlock(nn.Module):
@@ -43,5 +44,6 @@ class ResNet(nn.Module):
         return self.fc(out)
 
 
+@declare(num_classes=Range(2, integer=True), in_channels=COUNT, width=COUNT)
 def resnet18(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> ResNet:
     return ResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, width=width)

@@ -1,5 +1,6 @@
 """VGG-16 with batch norm, CIFAR-style (one 512-wide linear head on a 1x1 feature map)."""
 from torch import nn
+from unlearn.knobs import COUNT, Range, declare
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -21,5 +22,6 @@ class VGG(nn.Module):
         return self.classifier(self.features(x))
 
 
+@declare(num_classes=Range(2, integer=True), in_channels=COUNT)
 def vgg16_bn(num_classes: int = 10, in_channels: int = 3) -> VGG:
     return VGG(VGG16_LAYOUT, num_classes=num_classes, in_channels=in_channels)

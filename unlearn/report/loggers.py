@@ -1,12 +1,14 @@
-"""Where result rows go. `TableLogger` (default) writes result.json and appends to the experiment table."""
+"""Where result rows go: always to result.json and the experiment table (`record_row`), and to any extra
+sinks (`Logger`s, e.g. Weights & Biases) chosen with `logger=`."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 
 class Logger:
@@ -36,27 +38,22 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """Append one line under an exclusive lock, so parallel sweep workers never interleave rows."""
+    """Append one line under an exclusive lock (a sidecar `.lock` file, on every platform), so parallel sweep
+    workers never interleave rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(row, default=str) + "\n"
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(path.with_name(path.name + ".lock")), open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
 
 
-class TableLogger(Logger):
-    def __init__(self, table_path: str):
-        self.table_path = Path(table_path)
-
-    def log_result(self, row: dict[str, Any], run_dir: Path | None) -> None:
-        if run_dir is not None:
-            write_json_atomic(Path(run_dir) / "result.json", row)
-        append_jsonl(self.table_path, row)
+def record_row(row: dict[str, Any], run_dir: Path | None, table_path: Path) -> None:
+    """The local record every run writes, whatever loggers are chosen: result.json in the run dir and one
+    line in the experiment table. Loggers are extra sinks on top of it."""
+    if run_dir is not None:
+        write_json_atomic(Path(run_dir) / "result.json", row)
+    append_jsonl(Path(table_path), row)
 
 
 class WandbLogger(Logger):

@@ -28,9 +28,34 @@ def code_version() -> str:
         return __version__
 
 
+def environment(device: str, batch_size: int | None) -> dict[str, Any]:
+    """What results move with (the reproducibility complaints filed most against LLM harnesses): library
+    versions, the device, the number of processes and the effective batch size (per-process batch × processes)."""
+    import importlib.metadata as md
+    import os
+    import platform
+
+    import torch
+
+    def version(package: str) -> str | None:
+        try:
+            return md.version(package)
+        except md.PackageNotFoundError:
+            return None
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    return {"harness": code_version(), "python": platform.python_version(),
+            **{lib: version(lib) for lib in ("torch", "transformers", "diffusers", "peft", "accelerate")},
+            "device": str(dev), "device_name": name, "processes": processes,
+            "effective_batch_size": None if batch_size is None else int(batch_size) * processes}
+
+
 def make_row(*, task: str, data: str, model: str, forget: dict, method: str, method_params: dict, seed: int,
              status: str, metrics: dict, original: dict, oracle: dict, gap_metrics: tuple[str, ...],
-             command: str, config: dict, run_dir: str | None, timings: dict) -> dict[str, Any]:
+             command: str, config: dict, run_dir: str | None, timings: dict,
+             env: dict[str, Any] | None = None) -> dict[str, Any]:
     gap = gaps(metrics, oracle, gap_metrics)
     oracle_seconds = oracle.get("RTE_s", float("nan"))
     return {
@@ -43,7 +68,7 @@ def make_row(*, task: str, data: str, model: str, forget: dict, method: str, met
         "metrics": metrics, "gap": gap, "avg_gap": average_gap(gap),
         "rte_relative": metrics.get("RTE_s", float("nan")) / oracle_seconds if oracle_seconds else float("nan"),
         "reference": {"original": original, "oracle": oracle},
-        "timings": timings, "command": command, "run_dir": run_dir, "config": config,
+        "timings": timings, "environment": env or {}, "command": command, "run_dir": run_dir, "config": config,
     }
 
 

@@ -13,6 +13,7 @@ from unlearn.eval.klom import margins
 from unlearn.eval.mia import entropy, loss_attack_auc, mia_efficacy, modified_entropy
 from unlearn.runtime import Runtime, derive_seed
 from unlearn.tasks.base import Splits, Task
+from unlearn.knobs import NON_NEGATIVE_INT, Range
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -38,6 +39,8 @@ class ClassificationTask(Task):
     gap_metrics = ("UA", "RA", "TA", "MIA")
     utility_metrics = ("RA", "TA")
     has_example_statistics = True
+
+    knobs = {"num_classes": Range(2, integer=True), "crop_padding": NON_NEGATIVE_INT}
 
     def __init__(self, num_classes: int, crop_padding: int = 0, flip: bool = False, eval_batch_size: int = 1024):
         self.num_classes = int(num_classes)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from unlearn.cache import content_key
+from unlearn.codehash import code_digest
 from unlearn.data.digits_gen import NOISE_TARGET
 from unlearn.data.tensordata import Batch, DataBundle, TensorData
 from unlearn.errors import ConfigError
@@ -27,6 +28,7 @@ from unlearn.runtime import Runtime, derive_seed
 from unlearn.tasks.base import Splits, Task
 from unlearn.tasks.classification import ClassificationTask
 from unlearn.training import OptimConfig
+from unlearn.knobs import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, Range
 
 if TYPE_CHECKING:
     from unlearn.cache import Cache
@@ -67,6 +69,10 @@ class DiffusionTask(Task):
     kind = "diffusion"
     gap_metrics = ("UA", "retain_acc")
     utility_metrics = ("retain_acc",)
+
+    knobs = {"num_classes": Range(2, integer=True), "samples_per_class": Range(2, integer=True), "sampling_steps": COUNT,
+             "eval_batch_size": Range(2, integer=True), "guidance_scale": NON_NEGATIVE, "judge_seed": NON_NEGATIVE_INT,
+             "judge_width": COUNT}
 
     def __init__(self, num_classes: int, samples_per_class: int = 30, sampling_steps: int = 20,
                  guidance_scale: float = 2.0, eval_batch_size: int = 512, judge_width: int = 16, judge_seed: int = 0,
@@ -138,7 +144,7 @@ class DiffusionTask(Task):
         if int(data.info.get("num_classes", -1)) != self.num_classes:
             raise ConfigError(f"data.task.num_classes={self.num_classes} but {data.name!r} has "
                               f"{data.info.get('num_classes')} classes")
-        key = content_key("judge", data=data.fingerprint(), width=self.judge_width, recipe=vars(self.judge_recipe),
+        key = content_key("judge", code=code_digest(self._train_judge), data=data.fingerprint(), width=self.judge_width, recipe=vars(self.judge_recipe),
                           seed=self.judge_seed)
         payload, _ = cache.get_or_compute(key, lambda: self._train_judge(data, runtime), "judge classifier")
         log.info("judge classifier: %.1f%% accuracy on the real test images", payload["test_acc"])

@@ -18,6 +18,7 @@ from unlearn.eval.mia import loss_attack_auc
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Splits, Task
 from unlearn.training import OptimConfig
+from unlearn.knobs import COUNT
 
 # The tensors of each scored answer variant: (token ids, attention mask, labels).
 ANSWER = ("input_ids", "attention_mask", "labels")
@@ -71,6 +72,8 @@ class LanguageModelTask(Task):
     gap_metrics = ("forget_prob", "retain_prob", "forget_rouge", "retain_rouge", "forget_truth_ratio", "mia_loss_auc")
     utility_metrics = ("retain_prob", "retain_rouge")
     has_example_statistics = True
+
+    knobs = {"eval_batch_size": COUNT, "max_new_tokens": COUNT}
 
     def __init__(self, tokenizer: str = "bytes", eval_batch_size: int = 64, max_new_tokens: int = 64):
         if eval_batch_size < 1 or max_new_tokens < 1:
