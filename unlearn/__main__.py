@@ -25,14 +25,18 @@ def main(argv: list[str] | None = None) -> int:
                                     "generations (NAME.html; NAME-EXPERIMENT.html when PATH holds several)")
     args = parser.parse_args(argv)
 
-    from unlearn.report.compare import compare
+    from unlearn.report import html
+    from unlearn.report.compare import EXTRA_METRICS, compare
+    from unlearn.results import load
 
     source = Path(args.path)
     beside = source if source.is_dir() else Path(".") if glob.has_magic(args.path) else source.parent
     plot_path = Path(args.plot) if args.plot else Path(args.out).with_suffix(".png") if args.out else beside / "compare.png"
+    metrics = args.metrics.split(",") if args.metrics else None
     try:
-        text = compare(args.path, fmt=args.format, by=args.by, plot_path=plot_path,
-                       metrics=args.metrics.split(",") if args.metrics else None, html_path=args.html)
+        frame = load(args.path)
+        text = compare(frame, fmt=args.format, by=args.by, plot_path=plot_path, metrics=metrics)
+        pages = html.write(frame, Path(args.html), args.by, metrics or EXTRA_METRICS) if args.html else []
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(text)
     print(f"plot: {plot_path}", file=sys.stderr)
+    for page in pages:
+        print(f"html: {page}", file=sys.stderr)
     return 0
 
 

@@ -140,29 +140,24 @@ def markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, tablefmt="github", stralign="left", disable_numparse=True)
 
 
-def compare(path: str | Path, fmt: str = "md", by: str = "method", plot_path: Path | None = None,
-            metrics: Sequence[str] | None = None, html_path: Path | None = None) -> str:
-    """Tables of `path`'s rows per setting (`path`: anything `unlearn.results.load` reads); `by` is the column
-    to group by (e.g. method_params.lr); `metrics` picks the columns after the gap metrics (default:
-    EXTRA_METRICS where present). Writes the trade-off plot (and `<plot>_steps.png` when rows have steps) to
-    `plot_path` and the HTML report to `html_path`, when given."""
+def compare(source: str | Path | pd.DataFrame, fmt: str = "md", by: str = "method", plot_path: Path | None = None,
+            metrics: Sequence[str] | None = None) -> str:
+    """Tables of the rows per setting. `source`: anything `unlearn.results.load` reads, or its DataFrame (a
+    filtered one, say); `by`: the column to group by (e.g. method_params.lr); `metrics`: the columns after the
+    gap metrics (default: EXTRA_METRICS where present). Writes the trade-off plot (and `<plot>_steps.png` when
+    rows have steps) to `plot_path`, when given."""
     if fmt not in FORMATS:
         raise UnlearnError(f"--format {fmt!r} is not one of {FORMATS}")
-    frame = load(path)
+    frame = source if isinstance(source, pd.DataFrame) else load(source)
     known = frame.attrs["metrics"]
     unknown = [m for m in metrics or () if m not in known]
     if unknown:
         raise UnlearnError(f"--metrics {','.join(unknown)}: no row has them; the rows have: {', '.join(sorted(known))}")
-    extra = EXTRA_METRICS if metrics is None else metrics
-    found = tables(frame, by, extra)
+    found = tables(frame, by, EXTRA_METRICS if metrics is None else metrics)
     if plot_path is not None:
         from unlearn.report import plots
 
         plots.tradeoff(found, plot_path)
         if "step" in setting_keys(frame):
             plots.steps(found, Path(plot_path).with_name(Path(plot_path).stem + "_steps.png"))
-    if html_path is not None:
-        from unlearn.report import html
-
-        html.write(frame, Path(html_path), by, extra)
     return render(found, fmt)
