@@ -40,17 +40,19 @@ def _figure(draw, found) -> bytes:
     return buffer.getvalue()
 
 
-def _pictures(members: pd.DataFrame) -> list[tuple[str, Path]]:
-    """(caption, path) of the first generations.png per method among these rows, then those beside the tables."""
+def _run_pictures(members: pd.DataFrame) -> list[tuple[str, Path]]:
+    """(caption, path) of the first generations.png per method among these rows."""
     found: dict[str, tuple[str, Path]] = {}
     for row in members.itertuples(index=False):
         source = Path(row.source)
         run_dir = source.parent if source.name == "result.json" else Path(row.run_dir) if isinstance(getattr(row, "run_dir", None), str) else None
         if run_dir is not None and (run_dir / "generations.png").is_file():
             found.setdefault(row.method, (f"{row.method}, seed {row.seed}: {run_dir}", run_dir / "generations.png"))
-    beside = [(f"{path.name} (beside {source.name})", path) for source in map(Path, dict.fromkeys(members["source"]))
-              if (path := source.with_name(f"{source.stem}_generations.png")).is_file()]
-    return list(found.values()) + beside
+    return list(found.values())
+
+
+def _figure_tag(caption: str, path: Path) -> str:
+    return f"<figure>{_img(path.read_bytes(), caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def page(name: str, frame: pd.DataFrame, by: str, extra: Sequence[str]) -> str:
@@ -68,8 +70,9 @@ def page(name: str, frame: pd.DataFrame, by: str, extra: Sequence[str]) -> str:
                   table.display().to_html(index=False, border=0, classes="results")]
         if table.commands:
             parts.append("<p>Made by:</p><pre>" + html.escape("\n".join(table.commands)) + "</pre>")
-        parts += [f"<figure>{_img(path.read_bytes(), caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
-                  for caption, path in _pictures(members)]
+        parts += [_figure_tag(caption, path) for caption, path in _run_pictures(members)]
+    beside = [path for path in (Path(p).with_name(f"{Path(p).stem}_generations.png") for p in sources) if path.is_file()]
+    parts += [_figure_tag(f"{path.name} (beside the table)", path) for path in beside]
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>unlearn · {html.escape(name)}</title>'
             f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
