@@ -85,14 +85,24 @@ def forget_request(row: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
+def _dotted(fields: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts → dotted keys, lists → tuples (hashable, so columns can be grouped on). Per row, unlike
+    pandas.json_normalize, so an integer beside a missing value is still seen as an integer (see `load`)."""
+    flat: dict[str, Any] = {}
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            flat |= _dotted(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
     metrics, gap, reference = row.pop("metrics", {}), row.pop("gap", {}), row.pop("reference", {})
     config = row.pop("config", None)
     request = forget_request(row | {"config": config})
-    flat = {"forget": json.dumps(request, sort_keys=True)}
-    for key, value in pd.json_normalize(row | {"forget": row.get("forget", {}) | request}, sep=".").iloc[0].items():
-        flat[key] = tuple(value) if isinstance(value, list) else value
+    flat = {"forget": json.dumps(request, sort_keys=True)} | _dotted(row | {"forget": row.get("forget", {}) | request})
     flat |= metrics | {f"gap.{m}": v for m, v in gap.items()}
     for ref, values in reference.items():
         flat |= {f"ref_{ref}.{m}": v for m, v in values.items()}

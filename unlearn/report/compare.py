@@ -17,7 +17,7 @@ import pandas as pd
 from scipy.stats import t
 
 from unlearn.errors import UnlearnError
-from unlearn.results import SETTING, load, load_rows  # noqa: F401  (load_rows: the raw rows, for callers of old)
+from unlearn.results import SETTING, load, load_rows  # noqa: F401  (load_rows: kept importable from here)
 
 ORACLE = "retrain"
 #: shown beside the gap metrics when present (the rest stay in the rows and in `unlearn.results.load`)
@@ -127,10 +127,7 @@ def render(found: list[Table], fmt: str) -> str:
             blocks.append(block.split("\n", 1)[1] if same_columns else block)
         return "".join(blocks)
     if fmt == "latex":
-        escape = str.maketrans({c: "\\" + c for c in "_%&#${}"})
-        return "\n\n".join(t.display().to_latex(index=False, escape=True, caption=t.title.translate(escape), position="t",
-                                                column_format="l" * len(t.display().columns)).strip().replace("±", r"$\pm$")
-                           for t in found) + "\n"
+        return "\n\n".join(latex(t) for t in found) + "\n"
     return "\n\n".join(
         f"### {t.title}\n\n{LEGEND}\n\n" + markdown(t.display())
         + ("\n\nMade by:\n" + "\n".join(f"    {c}" for c in t.commands) if t.commands else "") for t in found) + "\n"
@@ -138,6 +135,13 @@ def render(found: list[Table], fmt: str) -> str:
 
 def markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, tablefmt="github", stralign="left", disable_numparse=True)
+
+
+def latex(table: Table) -> str:
+    shown = table.display()
+    caption = table.title.translate(str.maketrans({c: "\\" + c for c in "_%&#${}"}))  # to_latex leaves it as is
+    text = shown.to_latex(index=False, escape=True, caption=caption, position="t", column_format="l" * shown.shape[1])
+    return text.strip().replace("±", r"$\pm$")
 
 
 def compare(source: str | Path | pd.DataFrame, fmt: str = "md", by: str = "method", plot_path: Path | None = None,

@@ -34,7 +34,7 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def _figure(draw, found) -> bytes:
+def _png(draw, found) -> bytes:
     buffer = io.BytesIO()
     draw(found, buffer)
     return buffer.getvalue()
@@ -44,9 +44,13 @@ def _run_pictures(members: pd.DataFrame) -> list[tuple[str, Path]]:
     """(caption, path) of the first generations.png per method among these rows."""
     found: dict[str, tuple[str, Path]] = {}
     for row in members.itertuples(index=False):
-        source = Path(row.source)
-        run_dir = source.parent if source.name == "result.json" else Path(row.run_dir) if isinstance(getattr(row, "run_dir", None), str) else None
-        if run_dir is not None and (run_dir / "generations.png").is_file():
+        if Path(row.source).name == "result.json":  # read from the run dir itself: wherever it is now
+            run_dir = Path(row.source).parent
+        elif isinstance(getattr(row, "run_dir", None), str):
+            run_dir = Path(row.run_dir)
+        else:
+            continue
+        if (run_dir / "generations.png").is_file():
             found.setdefault(row.method, (f"{row.method}, seed {row.seed}: {run_dir}", run_dir / "generations.png"))
     return list(found.values())
 
@@ -62,9 +66,9 @@ def page(name: str, frame: pd.DataFrame, by: str, extra: Sequence[str]) -> str:
     parts = [f"<h1>{html.escape(name)}</h1>",
              f'<p class="meta">{len(frame)} result rows from {html.escape(", ".join(sources[:3]))}'
              f'{f" and {len(sources) - 3} more files" if len(sources) > 3 else ""}. {html.escape(LEGEND)}</p>',
-             "<h2>Forgetting–utility trade-off</h2>", _img(_figure(plots.tradeoff, found), "trade-off plot")]
+             "<h2>Forgetting–utility trade-off</h2>", _img(_png(plots.tradeoff, found), "trade-off plot")]
     if "step" in keys:
-        parts += ["<h2>Per-step curves</h2>", _img(_figure(plots.steps, found), "per-step curves")]
+        parts += ["<h2>Per-step curves</h2>", _img(_png(plots.steps, found), "per-step curves")]
     for table, (_, members) in zip(found, frame.groupby(keys, sort=False, dropna=False)):
         parts += [f"<h2>{html.escape(table.title)}</h2>",
                   table.display().to_html(index=False, border=0, classes="results")]

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
@@ -44,6 +45,10 @@ def tradeoff(found: list[Table], target: str | IO[bytes]) -> None:
             left.set_xlabel(f"{x} (forgetting →)")
             left.set_ylabel(f"{y} (utility ↑)")
         right.set_xscale("log")
+        # Plain labels at 1-2-5 steps: the default scientific minor labels overlap within two decades.
+        right.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        right.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        right.xaxis.set_minor_formatter(ticker.NullFormatter())
         right.set_xlabel("RTE (s, log)")
         right.set_ylabel("Avg. Gap to Retrain (↓)")
         left.set_title(table.title, fontsize=9, loc="left")
