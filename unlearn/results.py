@@ -117,7 +117,8 @@ def load(source: str | Path) -> pd.DataFrame:
     metrics = list(dict.fromkeys(m for row in rows for m in row.get("metrics", {})))
     records = [_flat(row) for row in rows]
     frame = pd.DataFrame(records).assign(step=None) if all("step" not in r for r in records) else pd.DataFrame(records)
-    clash = [m for m in metrics if m in _LEADING + _TRAILING or m.startswith(("gap.", "ref_", "forget.", "method_params."))]
+    clash = [m for m in metrics if m in (*_LEADING, *_TRAILING, "avg_gap", "rte_relative")
+             or m.startswith(("gap.", "ref_", "forget.", "method_params.", "timings."))]
     if clash:
         raise UnlearnError(f"metric names {clash} clash with setting columns of the results DataFrame")
     prefixed = lambda prefix: [c for c in frame if c.startswith(prefix)]  # noqa: E731

@@ -4,6 +4,7 @@ Both take the `Table`s of `unlearn.report.compare.tables` and write a PNG to a p
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import IO
 
 import matplotlib
@@ -17,7 +18,9 @@ import pandas as pd  # noqa: E402
 from unlearn.report.compare import Table, title  # noqa: E402
 
 
-def _save(fig, target: str | IO[bytes]) -> None:
+def _save(fig, target: str | Path | IO[bytes]) -> None:
+    if isinstance(target, (str, Path)):
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(target, dpi=120, format="png")
     plt.close(fig)
@@ -27,7 +30,7 @@ def _without_step(table: Table) -> tuple:
     return tuple((k, v) for k, v in table.setting.items() if k != "step")
 
 
-def tradeoff(found: list[Table], target: str | IO[bytes]) -> None:
+def tradeoff(found: list[Table], target: str | Path | IO[bytes]) -> None:
     """UA vs TA (else the first two metrics; left) and Avg. Gap vs RTE (right), one panel row per setting;
     for a sequence, its last step (the steps are in `steps`)."""
     last = {_without_step(t): t for t in found}.values()
@@ -58,7 +61,7 @@ def tradeoff(found: list[Table], target: str | IO[bytes]) -> None:
     _save(fig, target)
 
 
-def steps(found: list[Table], target: str | IO[bytes]) -> None:
+def steps(found: list[Table], target: str | Path | IO[bytes]) -> None:
     """Per-step curves of a sequence: each gap metric and Avg. Gap against the step, one line per method (mean
     ± std over seeds), one panel row per setting."""
     sequences: dict[tuple, list[Table]] = {}
