@@ -1,4 +1,4 @@
-"""The evaluation suite in the pipeline: oracle-relative metrics, populations, compare, plots, loggers, sweeps."""
+"""The evaluation suite in the pipeline: oracle-relative metrics, populations, loggers, sweeps (compare: test_compare.py)."""
 import json
 import math
 import os
@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from conftest import ROOT, TINY, compose_config
-from unlearn.errors import ConfigError, UnlearnError
+from unlearn.errors import ConfigError
 from unlearn.pipeline import Experiment
-from unlearn.report.compare import compare, load_rows
+from unlearn.results import load_rows
 
 
 def test_oracle_relative_metrics_are_zero_for_the_oracle(run_experiment):
@@ -41,38 +41,6 @@ def test_retrain_population_is_indistinguishable_from_the_oracles(run_experiment
 def test_bad_oracle_count_is_refused():
     with pytest.raises(ConfigError, match="eval.oracles must be >= 1"):
         Experiment(compose_config(*TINY, "eval.oracles=0"))
-
-
-def test_compare_formats_and_plot(run_experiment, tmp_path):
-    for seed in (0, 1):
-        run_experiment("method=ga", f"seed={seed}")
-        run_experiment("method=retrain", f"seed={seed}")
-    table = tmp_path / "outputs" / "table.jsonl"
-    md = compare(table, plot_path=tmp_path / "plot.png")
-    assert "Avg.Gap 95% CI" in md and "| retrain | 2 " in md and "| ga      | 2 " in md
-    assert (tmp_path / "plot.png").stat().st_size > 10_000
-    csv_lines = compare(table, fmt="csv").splitlines()
-    assert "UA_ci95" in csv_lines[0] and len(csv_lines) == 3
-    assert r"\begin{tabular}" in compare(table, fmt="latex")
-    by_lr = compare(table, by="method_params.lr")
-    assert "| 0.01 " in by_lr
-    chosen = compare(table, metrics=["mia_entropy", "kl_test_p95"]).splitlines()
-    header = next(line for line in chosen if line.startswith("| method"))
-    assert "mia_entropy" in header and "kl_test_p95" in header and "kl_forget " not in header
-    with pytest.raises(UnlearnError, match="no_such_metric: no row has them"):
-        compare(table, metrics=["no_such_metric"])
-
-
-def test_compare_cli(run_experiment, tmp_path):
-    run_experiment("method=ga")
-    out = tmp_path / "table.md"
-    result = subprocess.run([sys.executable, "-m", "unlearn", "compare", str(tmp_path / "outputs"), "--out", str(out)],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert out.read_text() == result.stdout and out.with_suffix(".png").exists()
-    missing = subprocess.run([sys.executable, "-m", "unlearn", "compare", str(tmp_path / "nothing")],
-                             capture_output=True, text=True, cwd=ROOT)
-    assert missing.returncode == 2 and "no results at" in missing.stderr
 
 
 def test_wandb_logger_offline(tmp_path, shared_cache, monkeypatch):
