@@ -1,6 +1,7 @@
 """Shared fixtures: compose the real Hydra config and run the real pipeline on tiny data."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,13 @@ TINY = ["data.source.limit=300", "data.train.epochs=15", "data.train.batch_size=
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
-    """One cache for the whole session: tests with the same tiny settings train the original once."""
+    """One cache for the whole session: tests with the same tiny settings train the original once. Under
+    pytest-xdist the workers share it too (the cache's per-key lock makes one of them compute an artifact
+    while the others wait for it)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "shared-cache"
+        shared.mkdir(exist_ok=True)
+        return shared
     return tmp_path_factory.mktemp("cache")
 
 

@@ -21,13 +21,13 @@ from unlearn.errors import ConfigError, DivergedError
 from unlearn.methods.base import Method, UnlearnContext
 from unlearn.methods.fisher import assign_flat_, flatten, per_example_gradients, trainable, woodfisher_solve
 from unlearn.methods.masks import forget_gradient
-from unlearn.knobs import COUNT, POSITIVE
+from unlearn.knobs import COUNT, NON_NEGATIVE, POSITIVE
 
 
 class InfluenceUnlearning(Method):
     name = "iu"
 
-    knobs = {"alpha": POSITIVE, "num_samples": COUNT, "damping": POSITIVE, "batch_size": COUNT}
+    knobs = {"alpha": NON_NEGATIVE, "num_samples": COUNT, "damping": POSITIVE, "batch_size": COUNT}
 
     def __init__(self, alpha: float = 0.2, num_samples: int = 1000, damping: float = 1.0, batch_size: int = 128):
         if num_samples < 1 or damping <= 0 or batch_size < 1:
