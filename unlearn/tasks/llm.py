@@ -1,5 +1,5 @@
-"""Causal language modelling on question-answer facts (TOFU-like): answer NLL, refusal relabelling, and
-answer probability, ROUGE-L, truth ratio, forget quality and the LOSS membership attack."""
+"""Causal language modelling on question-answer facts (TOFU-like): answer NLL, refusal relabelling, the one
+answer reduction every LM loss uses, and the TOFU/MUSE metric suite (see `LanguageModelTask`)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -231,16 +231,13 @@ class LanguageModelTask(Task):
             model.train(was_training)
         return np.array(norms, dtype=np.float64)
 
-    def answer_texts(self, data: TensorData) -> list[str]:
-        return self.true_answers(data)
-
     def membership_scores(self, model: nn.Module, data: TensorData, runtime: Runtime) -> dict[str, np.ndarray]:
         """Per-example scores of the MIA family (higher = less member-like): LOSS, zlib, Min-K%, Min-K%++,
         GradNorm; plus the token statistics they came from."""
         stats = self.token_statistics(model, data, runtime)
         nll = -np.where(stats["mask"], stats["logp"], 0.0).sum(1) / np.maximum(stats["mask"].sum(1), 1)
         z = min_k_plus_plus_tokens(stats["logp"], stats["vocab_mean"], stats["vocab_var"])
-        return {"loss": nll, "zlib": zlib_scores(nll, self.answer_texts(data)),
+        return {"loss": nll, "zlib": zlib_scores(nll, self.true_answers(data)),
                 "min_k": min_k_scores(stats["logp"], stats["mask"], self.min_k),
                 "min_k_pp": min_k_scores(z, stats["mask"], self.min_k),
                 "gradnorm": self.gradient_norms(model, data, runtime), "stats": stats}
