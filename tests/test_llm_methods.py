@@ -90,3 +90,11 @@ def test_wagle_mask_runs_on_diffusion(run_experiment):
     assert row["status"] == "ok" and row["method"] == "graddiff+wagle"
     # ascent on the forget class's denoising loss still works through the mask
     assert row["metrics"]["forget_mse"] > 1.2 * row["reference"]["original"]["forget_mse"]
+
+
+def test_idkpo_runs_on_classification_as_wrong_label_training(run_experiment):
+    """IdkPO's idea (NLL on the task's wrong target + retain NLL) carries over: on digits the target is a
+    random wrong class."""
+    row = run_experiment("method=idkpo", "method.lr=0.05", "method.epochs=5", "method.batch_size=16",
+                         "method.optimizer=sgd", "method.weight_decay=5e-4")
+    assert row["status"] == "ok" and row["metrics"]["UA"] > row["reference"]["original"]["UA"]
