@@ -264,7 +264,9 @@ class Experiment:
         return [self.model_from_state(p) for p in payloads]
 
     def method_artifact(self, art: Artifacts, kind: str, fields: dict, compute: Callable[[], Any]) -> Any:
-        """A method's cached artifact (e.g. a weight mask) of this original and forget set; built out of RTE."""
+        """A method's cached artifact (e.g. a weight mask) of this original and forget set. The wall time spent here
+        is kept out of the measured RTE; a method that wants the artifact's cost in its RTE adds it in
+        `reported_seconds` (the weight masks do)."""
         start = time.perf_counter()
         key = content_key(kind, original=art.original_key, forget=self._forget[1], **fields)
         payload, _ = self.cache.get_or_compute(key, compute, kind)
