@@ -21,6 +21,7 @@ import torch
 
 from unlearn.data.tensordata import DataBundle, TensorData
 from unlearn.errors import ConfigError
+from unlearn.knobs import COUNT, Range
 
 IGNORE = -100  # label of tokens that are not scored (question, padding)
 
@@ -282,3 +283,8 @@ def load_facts(tokenizer: str = "bytes", n_authors: int = 40, facts_per_author: 
             "eos_id": tok.eos_id, "max_len": length, "n_authors": n_authors, "facts_per_author": facts_per_author,
             "n_perturbed": n_perturbed, "world_facts": world_facts, "seed": seed}
     return DataBundle("facts", splits["train"], splits["val"], splits["test"], info)
+
+
+load_facts.knobs = {"n_authors": Range(2, integer=True), "facts_per_author": Range(1, len(FACT_KINDS), integer=True),
+                    "n_perturbed": Range(1, 9, integer=True), "val_authors": COUNT, "test_authors": COUNT,
+                    "world_facts": Range(1, MAX_WORLD_FACTS, integer=True), "seed": Range(integer=True)}
