@@ -8,10 +8,11 @@ import torch
 
 from conftest import compose_config
 from unlearn.config import build
-from unlearn.data.facts import REFUSALS, ByteTokenizer, generate_facts, load_facts, load_tokenizer
+from unlearn.data.facts import REFUSALS, WORLD_GROUP, ByteTokenizer, generate_facts, load_facts, load_tokenizer
 from unlearn.data.tensordata import TensorData
 from unlearn.errors import ConfigError
-from unlearn.eval.llm import answer_probability, ks_forget_quality, rouge_l_recall, truth_preference, truth_ratios
+from unlearn.eval.llm import (answer_probability, ks_forget_quality, rouge_l_recall, truth_preference, truth_ratio_forget,
+                              truth_ratios)
 from unlearn.models.llm import pretrained_causal_lm, tiny_llama
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Splits
@@ -20,7 +21,7 @@ from unlearn.tasks.llm import LanguageModelTask
 # 10 trained authors x 3 facts, forget 2 of them, and a recipe that still memorises them. Every pipeline
 # test uses exactly these, so the session cache trains the original and the oracle once.
 TINY_LLM = ["data=facts", "device=cpu", "threads=1", "data.source.n_authors=10", "data.source.facts_per_author=3",
-            "data.source.val_authors=1", "data.source.test_authors=3", "forget.ratio=0.2",
+            "data.source.val_authors=1", "data.source.test_authors=3", "data.source.world_facts=6", "forget.ratio=0.2",
             "data.train.epochs=60", "data.train.lr=3e-3", "data.train.batch_size=10"]
 ADAMW = ["method.optimizer=adamw", "method.weight_decay=0", "method.batch_size=8"]
 METHODS = {
@@ -30,7 +31,8 @@ METHODS = {
     "salun": ["method=salun", "method.lr=2e-3", "method.epochs=3"],
 }
 METRICS = {"forget_prob", "retain_prob", "forget_rouge", "retain_rouge", "forget_truth_ratio", "forget_quality",
-           "mia_loss_auc"}
+           "mia_loss_auc", "model_utility", "privleak", "mia_min_k_auc", "mia_reference_auc", "exact_memorization",
+           "extraction_strength", "world_prob", "world_rouge", "world_truth_ratio"}
 
 
 # ---- metrics on known answers --------------------------------------------------------------------
@@ -44,6 +46,7 @@ def test_truth_ratio_compares_per_token_probabilities():
     # indifferent; prefers the true answer by e^-2; geometric mean of the false answers equals the true one
     assert ratios == pytest.approx([1.0, math.exp(-2.0), 1.0])
     assert truth_preference(np.array([0.25, 1.0, 3.0])) == pytest.approx(0.25)
+    assert truth_ratio_forget(np.array([0.25, 1.0, 4.0])) == pytest.approx(0.5)  # mean of 0.25, 1, 0.25
 
 
 def test_ks_forget_quality():
@@ -90,9 +93,9 @@ def test_facts_are_deterministic_and_split_by_author():
     other = load_facts(n_authors=6, facts_per_author=4, val_authors=2, test_authors=2, seed=4)
     assert not torch.equal(a.train["input_ids"], other.train["input_ids"])
     groups = {split: set(getattr(a, split)["group"].tolist()) for split in ("train", "val", "test")}
-    assert groups["train"] == set(range(6))
+    assert groups["train"] == set(range(6)) | {WORLD_GROUP}  # the authors, and the world facts nobody forgets
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"] and not groups["val"] & groups["test"]
-    assert len(a.train) == 24 and a.train["perturbed_ids"].shape[:2] == (24, 3)
+    assert len(a.train) == 24 + 12 and a.train["perturbed_ids"].shape[:2] == (36, 3)
     names = [f.question for f in generate_facts(10, 1, 3, 0)]
     assert len(set(names)) == 10  # distinct invented authors
     with pytest.raises(ConfigError, match="facts_per_author"):

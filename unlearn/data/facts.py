@@ -3,7 +3,8 @@
 Each fact is a question, its answer, a paraphrased answer (the answer's short form) and `n_perturbed`
 false answers (the paraphrase with another value), plus refusal answers for relabelling. Splits are by
 author: train authors are what the original learns, val and test authors are never trained on (test is
-the holdout of the MIA). Every split carries `group` (the author id), so random forgetting removes whole
+the holdout of the MIA). The train split also holds a few world-knowledge facts (group WORLD_GROUP = −1),
+which the original learns and no forget request contains (TOFU's real authors / world facts). Every split carries `group` (the author id), so random forgetting removes whole
 authors.
 
 Sequences are `[bos] question answer [eos]`, right-padded; `labels` is -100 except on the answer and eos,
@@ -20,7 +21,7 @@ import torch
 
 from unlearn.data.tensordata import DataBundle, TensorData
 from unlearn.errors import ConfigError
-from unlearn.knobs import COUNT, NON_NEGATIVE_INT, Range, declare
+from unlearn.knobs import COUNT, Range
 
 IGNORE = -100  # label of tokens that are not scored (question, padding)
 
@@ -132,6 +133,22 @@ FACT_KINDS = (
 )
 
 
+# World knowledge (TOFU's real authors / world facts): true facts about the real world that the original learns
+# and no forget request ever contains (their group is WORLD_GROUP, which forget builders skip), so model
+# utility can tell damage to unrelated knowledge from damage to the retained authors.
+WORLD_GROUP = -1
+CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Egypt": "Cairo", "Kenya": "Nairobi",
+            "Peru": "Lima", "Norway": "Oslo", "Spain": "Madrid", "Canada": "Ottawa", "Chile": "Santiago",
+            "Greece": "Athens", "Poland": "Warsaw"}
+LANGUAGES = {"Brazil": "Portuguese", "Mexico": "Spanish", "Germany": "German", "Sweden": "Swedish",
+             "Hungary": "Hungarian", "Finland": "Finnish", "Turkey": "Turkish", "Thailand": "Thai"}
+WORLD_KINDS = (
+    ("What is the capital of {key}?", "{value} is the capital of {key}.", CAPITALS),
+    ("What language is spoken in {key}?", "{value} is the language spoken in {key}.", LANGUAGES),
+)
+MAX_WORLD_FACTS = sum(len(table) for _, _, table in WORLD_KINDS)
+
+
 @dataclass
 class Fact:
     author: int
@@ -178,6 +195,21 @@ def generate_facts(n_authors: int, facts_per_author: int, n_perturbed: int, seed
     return facts
 
 
+def generate_world_facts(n: int, n_perturbed: int, seed: int) -> list[Fact]:
+    """The first `n` world facts (capitals, then languages), each with `n_perturbed` false values drawn from
+    the other entries of its table; deterministic in `seed`."""
+    rng = np.random.default_rng([seed, 1])
+    facts = []
+    for question, answer, table in WORLD_KINDS:
+        for key, value in table.items():
+            others = [v for v in table.values() if v != value]
+            false_values = [others[i] for i in rng.choice(len(others), size=n_perturbed, replace=False)]
+            facts.append(Fact(WORLD_GROUP, question.format(key=key), answer.format(key=key, value=value),
+                              PARAPHRASE.format(value=value), [PARAPHRASE.format(value=v) for v in false_values],
+                              value, false_values))
+    return facts[:n]
+
+
 # ---- tokenisation ---------------------------------------------------------------------------------
 def _encode_pairs(tokenizer, questions: list[list[int]], answers: list[str], length: int) -> dict[str, torch.Tensor]:
     """Right-padded `[bos] question answer [eos]` with labels only on the answer and eos."""
@@ -222,11 +254,10 @@ def _encode_split(tokenizer, facts: list[Fact], length: int, prompt_length: int)
     )
 
 
-@declare(n_authors=Range(2, integer=True), facts_per_author=Range(1, 7, integer=True),
-         n_perturbed=COUNT, val_authors=NON_NEGATIVE_INT, test_authors=COUNT, seed=NON_NEGATIVE_INT)
 def load_facts(tokenizer: str = "bytes", n_authors: int = 40, facts_per_author: int = 5, n_perturbed: int = 3,
-               val_authors: int = 4, test_authors: int = 8, seed: int = 0) -> DataBundle:
-    """Train facts of `n_authors` authors; val and test facts of other, never-trained authors."""
+               val_authors: int = 4, test_authors: int = 8, world_facts: int = 12, seed: int = 0) -> DataBundle:
+    """Train facts of `n_authors` authors and `world_facts` world-knowledge facts (group WORLD_GROUP, never
+    forgotten); val and test facts of other, never-trained authors."""
     if n_authors < 2 or val_authors < 1 or test_authors < 1:
         raise ConfigError(f"facts need n_authors >= 2, val_authors >= 1 and test_authors >= 1; got "
                           f"{n_authors}, {val_authors}, {test_authors}")
@@ -234,8 +265,12 @@ def load_facts(tokenizer: str = "bytes", n_authors: int = 40, facts_per_author: 
         raise ConfigError(f"facts_per_author must lie in 1..{len(FACT_KINDS)}, got {facts_per_author}")
     if not 1 <= n_perturbed <= 9:
         raise ConfigError(f"n_perturbed must lie in 1..9 (the smallest value pool has 10), got {n_perturbed}")
+    if not 1 <= world_facts <= MAX_WORLD_FACTS:
+        raise ConfigError(f"world_facts must lie in 1..{MAX_WORLD_FACTS}, got {world_facts}")
     tok = load_tokenizer(tokenizer)
     facts = generate_facts(n_authors + val_authors + test_authors, facts_per_author, n_perturbed, seed)
+    world = generate_world_facts(world_facts, n_perturbed, seed)
+    facts = facts + world
     by_split = {"train": [f for f in facts if f.author < n_authors],
                 "val": [f for f in facts if n_authors <= f.author < n_authors + val_authors],
                 "test": [f for f in facts if f.author >= n_authors + val_authors]}
@@ -246,5 +281,10 @@ def load_facts(tokenizer: str = "bytes", n_authors: int = 40, facts_per_author: 
     splits = {name: _encode_split(tok, part, length, prompt_len) for name, part in by_split.items()}
     info = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "bos_id": tok.bos_id,
             "eos_id": tok.eos_id, "max_len": length, "n_authors": n_authors, "facts_per_author": facts_per_author,
-            "n_perturbed": n_perturbed, "seed": seed}
+            "n_perturbed": n_perturbed, "world_facts": world_facts, "seed": seed}
     return DataBundle("facts", splits["train"], splits["val"], splits["test"], info)
+
+
+load_facts.knobs = {"n_authors": Range(2, integer=True), "facts_per_author": Range(1, len(FACT_KINDS), integer=True),
+                    "n_perturbed": Range(1, 9, integer=True), "val_authors": COUNT, "test_authors": COUNT,
+                    "world_facts": Range(1, MAX_WORLD_FACTS, integer=True), "seed": Range(integer=True)}

@@ -86,7 +86,8 @@ class RandomForget(ForgetBuilder):
     def _units(self, data: DataBundle) -> np.ndarray:
         """The things drawn at random: example ids, or group ids when the data is grouped."""
         if "group" in data.train.keys():
-            return np.unique(data.train["group"].cpu().numpy())
+            groups = np.unique(data.train["group"].cpu().numpy())
+            return groups[groups >= 0]  # negative groups are background knowledge no request removes (world facts)
         return np.arange(len(data.train))
 
     def _size(self, n_units: int) -> int:

@@ -11,7 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-from unlearn.eval.checks import as_array
+from unlearn.errors import ShapeError
+from unlearn.eval.checks import as_array, nan_if_not_finite
+from unlearn.eval.mia import attack_roc
 
 
 def answer_probability(nll: np.ndarray) -> float:
@@ -68,3 +70,135 @@ def _rouge_l_scorer():
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+# ---- truth ratio summaries, model utility ------------------------------------------------------------
+def truth_ratio_forget(ratios: np.ndarray) -> float:
+    """TOFU's forget-set summary mean(min(R, 1/R)) of per-item truth ratios R (N,): 1 when the model cannot
+    tell the true answer from the false ones (as one that never saw them), toward 0 when it clearly prefers
+    either. Source: TOFU (Maini et al. 2024), reference/llm.md."""
+    ratios = as_array(ratios, "ratios", ("N",))
+    if ratios.size == 0 or not np.all(np.isfinite(ratios)) or np.any(ratios <= 0):
+        return float("nan")
+    return float(np.mean(np.minimum(ratios, 1.0 / ratios)))
+
+
+@nan_if_not_finite
+def normalised_probability(correct_nll: np.ndarray, wrong_nll: np.ndarray) -> float:
+    """TOFU's probability on real authors / world facts: mean over items of P_c / (P_c + Σ_k P_k), each P the
+    per-token probability exp(−mean NLL) of the correct (N,) and the K wrong (N, K) answers."""
+    dims: dict[str, int] = {}
+    correct = np.exp(-as_array(correct_nll, "correct_nll", ("N",), dims))
+    wrong = np.exp(-as_array(wrong_nll, "wrong_nll", ("N", "K"), dims))
+    if correct.size == 0:
+        return float("nan")
+    return float(np.mean(correct / (correct + wrong.sum(axis=1))))
+
+
+def model_utility(components: dict[str, float]) -> float:
+    """Harmonic mean of utility components on [0, 1] (TOFU's model utility): 0 if any is 0, NaN if any is NaN."""
+    values = np.array(list(components.values()), dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        return float("nan")
+    if np.any(values <= 0):
+        return 0.0
+    return float(len(values) / np.sum(1.0 / values))
+
+
+# ---- memorisation of the answer tokens -----------------------------------------------------------------
+def exact_memorization(correct: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per item, the share of answer positions whose argmax prediction equals the label.
+
+    correct: (N, T) bool, argmax == label per position; mask: (N, T) bool, True on answer positions.
+    Returns (N,) on [0, 1] (NaN for an item with no answer position). Source: Tirumala et al. 2022 / MUSE."""
+    dims: dict[str, int] = {}
+    correct = as_array(correct, "correct", ("N", "T"), dims, dtype=bool)
+    mask = as_array(mask, "mask", ("N", "T"), dims, dtype=bool)
+    counts = mask.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, (correct & mask).sum(axis=1) / counts, np.nan)
+
+
+def extraction_strength(correct: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per item 1 − k/n for the smallest k such that the argmax predictions match the labels on the whole
+    answer suffix k..n−1 (n answer positions): 1 if the whole answer is predicted, 0 if its last token is not.
+
+    correct, mask: (N, T) bool as in `exact_memorization`; answer positions need not be contiguous in T.
+    Returns (N,) on [0, 1]. Source: Carlini et al. 2021's extraction, as open-unlearning reports it."""
+    dims: dict[str, int] = {}
+    correct = as_array(correct, "correct", ("N", "T"), dims, dtype=bool)
+    mask = as_array(mask, "mask", ("N", "T"), dims, dtype=bool)
+    out = np.full(len(correct), np.nan)
+    for i, (hit, keep) in enumerate(zip(correct, mask)):
+        answer = hit[keep]
+        if answer.size:
+            wrong = np.flatnonzero(~answer)
+            k = 0 if wrong.size == 0 else int(wrong[-1]) + 1
+            out[i] = 1.0 - k / answer.size
+    return out
+
+
+# ---- membership inference (forget vs holdout) ------------------------------------------------------------
+# Every score is per item with "higher = less member-like"; `mia_auc` is the AUC of telling forget (members
+# of the original's training set) from holdout (never trained): the original ≈ 1, a retrained model ≈ 0.5,
+# an over-unlearned one → 0 (its forget items look less familiar than text it never saw).
+
+def min_k_scores(token_scores: np.ndarray, mask: np.ndarray, k: float = 0.4) -> np.ndarray:
+    """Min-K% (Shi et al. 2024): −mean of the lowest ⌈k·n⌉ of an item's n per-token scores.
+
+    token_scores: (N, T) per-token log-probabilities of the labels (Min-K%), or their standardised form
+    (Min-K%++, see `min_k_plus_plus_tokens`); mask: (N, T) bool answer positions; 0 < k <= 1.
+    Returns (N,), higher = less member-like (NaN for an item with no answer position)."""
+    if not 0 < k <= 1:
+        raise ValueError(f"Min-K% needs 0 < k <= 1, got {k}")
+    dims: dict[str, int] = {}
+    scores = as_array(token_scores, "token_scores", ("N", "T"), dims)
+    mask = as_array(mask, "mask", ("N", "T"), dims, dtype=bool)
+    out = np.full(len(scores), np.nan)
+    for i, (row, keep) in enumerate(zip(scores, mask)):
+        values = np.sort(row[keep])
+        if values.size:
+            out[i] = -values[: int(np.ceil(k * values.size))].mean()
+    return out
+
+
+def min_k_plus_plus_tokens(label_logprob: np.ndarray, vocab_mean: np.ndarray, vocab_var: np.ndarray) -> np.ndarray:
+    """Min-K%++'s per-token z_t = (log p(y_t) − μ_t)/σ_t, μ_t and σ_t² the mean and variance of log p(v) over
+    the vocabulary under p (Zhang et al. 2025). All inputs (N, T); returns (N, T) (0 where σ_t = 0)."""
+    dims: dict[str, int] = {}
+    logp = as_array(label_logprob, "label_logprob", ("N", "T"), dims)
+    mu = as_array(vocab_mean, "vocab_mean", ("N", "T"), dims)
+    sigma = np.sqrt(np.maximum(as_array(vocab_var, "vocab_var", ("N", "T"), dims), 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sigma > 0, (logp - mu) / np.where(sigma > 0, sigma, 1.0), 0.0)
+
+
+def zlib_scores(nll: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    """zlib attack (Carlini et al. 2021): mean token NLL (N,) divided by the zlib-compressed length in bytes
+    of each answer's UTF-8 text. Returns (N,), higher = less member-like."""
+    import zlib
+
+    nll = as_array(nll, "nll", ("N",))
+    if len(texts) != len(nll):
+        raise ShapeError(f"texts must hold one answer per nll entry ({len(nll)}), got {len(texts)}")
+    sizes = np.array([len(zlib.compress(t.encode("utf-8"))) for t in texts], dtype=np.float64)
+    return nll / sizes
+
+
+@nan_if_not_finite
+def mia_auc(forget_scores: np.ndarray, holdout_scores: np.ndarray) -> float:
+    """AUC of an attack that calls an item a member when its score is low (scores: higher = less member-like):
+    the probability that a random forget item scores below a random holdout item (ties count ½)."""
+    forget = as_array(forget_scores, "forget_scores", ("N",))
+    holdout = as_array(holdout_scores, "holdout_scores", ("M",))
+    return attack_roc(-forget, -holdout)["auc"]
+
+
+def privleak(auc_model: float, auc_retrain: float) -> float:
+    """PrivLeak (MUSE, Shi et al. 2024) in percent: (AUC_model − AUC_retrain)/AUC_retrain × 100, with AUCs
+    oriented as in `mia_auc` (forget told from holdout). 0 = as private as retraining; positive = the forget
+    set still leaks membership (under-unlearned); negative = it looks less familiar than unseen text
+    (over-unlearned). MUSE prints the same number; open-unlearning's AUC orientation flips its sign."""
+    if not (np.isfinite(auc_model) and np.isfinite(auc_retrain)) or auc_retrain <= 0:
+        return float("nan")
+    return float((auc_model - auc_retrain) / auc_retrain * 100.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
@@ -11,8 +12,9 @@ import torch
 from torch import nn
 
 from unlearn.data.tensordata import Batch, TensorData
-from unlearn.errors import UnsupportedTaskError
-from unlearn.knobs import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, OneOf
+from unlearn.errors import ConfigError, UnsupportedTaskError
+from unlearn.knobs import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, OneOf, Range
+from unlearn.methods.masks import MASKS, FrozenOutsideMask, weight_mask
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Task
 from unlearn.training import OPTIMIZERS, SCHEDULES, STREAM_MODES, OptimConfig, Streams, optimise
@@ -38,6 +40,12 @@ class UnlearnContext:
     # Cached artifacts a method may ask for; the time spent building them is not part of its RTE.
     attribution: Optional[Callable[[], "Attribution"]] = None  # TRAK scores of the training set (DMM)
     oracles: Optional[Callable[[int], list[nn.Module]]] = None  # n more retrains on D \ F, seeds of their own
+    # artifact(kind, fields, compute): compute() cached under (kind, fields, θo, F); its build time is kept out
+    # of RTE by the pipeline. None: compute() is simply called.
+    artifact: Optional[Callable[[str, dict, Callable[[], Any]], Any]] = None
+
+    def cached(self, kind: str, fields: dict, compute: Callable[[], Any]) -> Any:
+        return compute() if self.artifact is None else self.artifact(kind, fields, compute)
 
 
 class Method:
@@ -51,6 +59,10 @@ class Method:
             raise UnsupportedTaskError(f"method {self.name!r} does not apply to {task.kind} tasks; "
                                        f"it supports: {', '.join(self.supports)}")
 
+    def check_model(self, model_config: dict) -> None:
+        """Raise ConfigError if this method cannot run on the model `model_config` builds (called before
+        anything trains). Nothing by default."""
+
     def unlearn(self, ctx: UnlearnContext) -> nn.Module:
         raise NotImplementedError
 
@@ -59,7 +71,7 @@ class Method:
         return measured
 
     def params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "name"}
 
 
 class GradientMethod(Method):
@@ -67,16 +79,35 @@ class GradientMethod(Method):
 
     Subclasses say which sets they read (`uses_forget`, `uses_retain`) and may prepare state before the
     loop (`prepare`) and act on gradients or weights around each step (`after_backward`, `after_step`).
+
+    Every gradient method composes with a weight mask (`mask` = none | saliency | wagle, unlearn/methods/masks.py):
+    only the top `mask_ratio` of all weights by the mask's score are updated, the others stay at θo under
+    momentum and weight decay. The mask is computed once on θo, cached per (θo, F, mask settings), and its
+    computing time is part of RTE whether or not it came from the cache. A mask other than the class's
+    `default_mask` is shown in the method's name (`npo+wagle`).
     """
 
     uses_forget: bool = True
     uses_retain: bool = True
+    default_mask: str = "none"
     knobs = {"lr": POSITIVE, "epochs": NON_NEGATIVE_INT, "batch_size": COUNT, "optimizer": OneOf(OPTIMIZERS),
              "momentum": FRACTION, "weight_decay": NON_NEGATIVE, "schedule": OneOf(SCHEDULES),
-             "stream": OneOf(STREAM_MODES)}
+             "stream": OneOf(STREAM_MODES), "mask": OneOf(MASKS), "mask_ratio": Range(0, 1, low_open=True),
+             "mask_mu": POSITIVE}
 
     def __init__(self, lr: float, epochs: int, batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.9,
-                 weight_decay: float = 5e-4, schedule: str = "constant", stream: str = "forget"):
+                 weight_decay: float = 5e-4, schedule: str = "constant", stream: str = "forget",
+                 mask: str | None = None, mask_ratio: float = 0.5, mask_mu: float = 1e-6):
+        mask = self.default_mask if mask is None else mask
+        if mask not in MASKS:
+            raise ConfigError(f"method.mask={mask!r} is not one of {', '.join(MASKS)}")
+        if not 0 < mask_ratio <= 1 or not mask_mu > 0:
+            raise ConfigError(f"need method.mask_ratio in (0, 1] and method.mask_mu > 0; got {mask_ratio}, {mask_mu}")
+        self.mask, self.mask_ratio, self.mask_mu = mask, float(mask_ratio), float(mask_mu)
+        if mask != self.default_mask:
+            self.name = f"{type(self).name}+{mask}"
+        self._frozen: FrozenOutsideMask | None = None
+        self._mask_seconds = 0.0
         self.lr, self.epochs, self.batch_size = float(lr), int(epochs), int(batch_size)
         self.optimizer, self.momentum, self.weight_decay = optimizer, float(momentum), float(weight_decay)
         self.schedule, self.stream = schedule, stream
@@ -97,12 +128,48 @@ class GradientMethod(Method):
 
     def unlearn(self, ctx: UnlearnContext) -> nn.Module:
         model = copy.deepcopy(ctx.original)
+        self._frozen = None
+        if self.mask != "none":
+            fields = {"mask": self.mask, "ratio": self.mask_ratio, "mu": self.mask_mu if self.mask == "wagle" else None}
+            payload = ctx.cached("weight-mask", fields, lambda: timed_mask(self.mask, model, ctx, self.mask_ratio,
+                                                                           self.mask_mu))
+            self._mask_seconds = payload["seconds"]
+            self._frozen = FrozenOutsideMask(model, {n: m.to(ctx.runtime.device) for n, m in payload["mask"].items()})
         self.prepare(ctx, model)
         streams = Streams(forget=ctx.forget if self.uses_forget else None,
                           retain=ctx.retain if self.uses_retain else None, mode=self.stream)
         optimise(model, lambda m, f, r: self.objective(ctx, m, f, r), streams, self._optim, ctx.runtime, ctx.generator,
-                 augment=ctx.task.augment, hooks=self, desc=f"unlearn[{self.name}]", on_epoch=ctx.on_epoch)
+                 augment=ctx.task.augment, hooks=_MaskedHooks(self, self._frozen), desc=f"unlearn[{self.name}]",
+                 on_epoch=ctx.on_epoch)
         return model
+
+    def reported_seconds(self, measured: float, ctx: UnlearnContext) -> float:
+        """The loop's wall clock plus the time the weight mask took to compute (cached or not)."""
+        return measured + (self._mask_seconds if self.mask != "none" else 0.0)
+
+
+class _MaskedHooks:
+    """The method's own step hooks, then the mask's (so masked-out weights end every step at θo)."""
+
+    def __init__(self, method: GradientMethod, frozen: FrozenOutsideMask | None):
+        self.method, self.frozen = method, frozen
+
+    def after_backward(self, model: nn.Module) -> None:
+        self.method.after_backward(model)
+        if self.frozen is not None:
+            self.frozen.after_backward()
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.method.after_step(model, optimizer)
+        if self.frozen is not None:
+            self.frozen.after_step(optimizer)
+
+
+def timed_mask(kind: str, model: nn.Module, ctx: UnlearnContext, ratio: float, mu: float) -> dict[str, Any]:
+    """{"mask": the weight mask of `kind` on `model` (θo), on CPU; "seconds": the time it took}."""
+    start = time.perf_counter()
+    mask = weight_mask(kind, model, ctx.task, ctx.forget, ctx.retain, ctx.runtime, ratio, mu)
+    return {"mask": {n: m.cpu() for n, m in mask.items()}, "seconds": time.perf_counter() - start}
 
 
 def concat_batches(*batches: Optional[Batch]) -> Batch:

@@ -4,11 +4,9 @@ from __future__ import annotations
 from torch import nn
 
 from unlearn.errors import ConfigError
-from unlearn.knobs import COUNT, Range, declare
+from unlearn.knobs import COUNT
 
 
-@declare(vocab_size=Range(2, integer=True), hidden_size=COUNT, num_layers=COUNT, num_heads=COUNT,
-         intermediate_size=COUNT, max_positions=COUNT)
 def tiny_llama(vocab_size: int, hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4,
                intermediate_size: int = 256, max_positions: int = 256) -> nn.Module:
     """A randomly initialised `LlamaForCausalLM` (rotary positions, RMSNorm, SwiGLU): the real architecture
@@ -36,3 +34,7 @@ def pretrained_causal_lm(name: str, revision: str | None = None, local_files_onl
         raise ConfigError(f"cannot load the causal LM {name!r} ({type(exc).__name__}: {exc}); give a local folder "
                           f"saved with save_pretrained, or a hub name on a machine with network access "
                           f"(the hub's weights are cached after the first download)") from exc
+
+
+tiny_llama.knobs = {"vocab_size": COUNT, "hidden_size": COUNT, "num_layers": COUNT, "num_heads": COUNT,
+                    "intermediate_size": COUNT, "max_positions": COUNT}

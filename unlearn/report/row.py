@@ -11,6 +11,9 @@ from unlearn.eval.gap import average_gap, gaps
 from unlearn.report.tables import markdown
 
 SCHEMA_VERSION = 1
+# Shown beside the Avg. Gap metrics when a task reports them (LLM rows: TOFU's forget quality and model
+# utility, MUSE's privleak).
+HEADLINE_EXTRA = ("forget_quality", "model_utility", "privleak")
 
 
 def code_version() -> str:
@@ -74,11 +77,11 @@ def make_row(*, task: str, data: str, model: str, forget: dict, method: str, met
 
 def summary_table(row: dict[str, Any]) -> str:
     """The end-of-run tables: the original and the oracle beside the method; headline metrics (those in
-    Avg. Gap, and RTE) first, every other metric in a second table."""
+    Avg. Gap, HEADLINE_EXTRA, and RTE) first, every other metric in a second table."""
     names = list(row["metrics"])
     for ref in ("original", "oracle"):
         names += [n for n in row["reference"][ref] if n not in names]
-    headline = [n for n in names if n in row["gap"]] + ["RTE_s"]
+    headline = [n for n in names if n in row["gap"]] + [n for n in HEADLINE_EXTRA if n in names] + ["RTE_s"]
     detail = [n for n in names if n not in headline]
     models = [("Original", row["reference"]["original"], None), ("Retrain (oracle)", row["reference"]["oracle"], 0.0),
               (f"{row['method']} [{row['status']}]", row["metrics"], row["avg_gap"])]

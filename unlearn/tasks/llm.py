@@ -1,8 +1,9 @@
-"""Causal language modelling on question-answer facts (TOFU-like): answer NLL, refusal relabelling, and
-answer probability, ROUGE-L, truth ratio, forget quality and the LOSS membership attack."""
+"""Causal language modelling on question-answer facts (TOFU-like): answer NLL, refusal relabelling, the one
+answer reduction every LM loss uses, and the TOFU/MUSE metric suite (see `LanguageModelTask`)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -10,11 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unlearn.data.facts import IGNORE, load_tokenizer
+from unlearn.data.facts import IGNORE, WORLD_GROUP, load_tokenizer
 from unlearn.data.tensordata import Batch, TensorData
 from unlearn.errors import ConfigError
-from unlearn.eval.llm import answer_probability, ks_forget_quality, rouge_l_recall, truth_preference, truth_ratios
-from unlearn.eval.mia import loss_attack_auc
+from unlearn.knobs import COUNT, Range
+from unlearn.eval.llm import (answer_probability, exact_memorization, extraction_strength, ks_forget_quality, mia_auc,
+                              min_k_plus_plus_tokens, min_k_scores, model_utility, normalised_probability, privleak,
+                              rouge_l_recall, truth_preference, truth_ratio_forget, truth_ratios, zlib_scores)
+from unlearn.report.loggers import write_json_atomic
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Splits, Task
 from unlearn.training import OptimConfig
@@ -27,18 +31,61 @@ PERTURBED = ("perturbed_ids", "perturbed_mask", "perturbed_labels")
 REFUSAL = ("refusal_ids", "refusal_mask", "refusal_labels")
 
 
-def answer_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean NLL of the labelled (answer) tokens of each sequence; any leading shape, e.g. (B, K, L) -> (B, K)."""
-    lead = ids.shape[:-1]
-    ids, mask, labels = (t.reshape(-1, t.shape[-1]) for t in (ids, mask, labels))
+REDUCTIONS = ("token_mean", "sequence_sum", "sequence_mean")
+
+
+def reduce_answer(values: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """The one mask-aware reduction of per-token values over answer tokens (reference/llm.md, "Reductions").
+
+    values: (..., T) per-token values (e.g. NLL); mask: (..., T) bool, True on answer tokens only (prompt,
+    padding and a pad id equal to eos are False). `how`:
+    - "token_mean": Σ values over every answer token of the batch / their count -> scalar (an HF model's
+      `.loss`: long answers weigh more);
+    - "sequence_sum": Σ per sequence -> (...,) (S_θ of NPO and DPO);
+    - "sequence_mean": Σ per sequence / its answer length -> (...,) (L̄_θ of SimNPO, TOFU probabilities).
+    A sequence without answer tokens has sum 0 and mean 0."""
+    if how not in REDUCTIONS:
+        raise ValueError(f"reduction {how!r} is not one of {REDUCTIONS}")
+    mask = mask.to(values.dtype)
+    masked = values * mask
+    if how == "token_mean":
+        return masked.sum() / mask.sum().clamp_min(1)
+    total = masked.sum(-1)
+    return total if how == "sequence_sum" else total / mask.sum(-1).clamp_min(1)
+
+
+def _shifted_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits predicting each next token (B, T−1, V) in fp32, their labels (B, T−1)) for flat (B, T) inputs."""
     # Sequences are right-padded to the longest in the data set: cut the columns no sequence here uses.
     length = int(mask.sum(1).max())
     ids, mask, labels = ids[:, :length], mask[:, :length], labels[:, :length]
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-    target = labels[:, 1:]
-    nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
-    counts = (target != IGNORE).sum(1).clamp_min(1)
-    return (nll.sum(1) / counts).reshape(lead)
+    return logits, labels[:, 1:]
+
+
+def answer_logprobs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log π_θ(y_t | x, y_<t) of the labelled (answer) tokens and the answer mask, both (..., T')
+    for inputs of any leading shape (..., T) (T' ≤ T − 1 after cutting all-padding columns). Non-answer
+    positions hold 0 and mask False."""
+    lead = ids.shape[:-1]
+    logits, target = _shifted_logits(model, *(t.reshape(-1, t.shape[-1]) for t in (ids, mask, labels)))
+    logp = -F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+    return logp.reshape(*lead, -1), (target != IGNORE).reshape(*lead, -1)
+
+
+def answer_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of the labelled (answer) tokens of each sequence; any leading shape, e.g. (B, K, L) -> (B, K)."""
+    logp, answer = answer_logprobs(model, ids, mask, labels)
+    return reduce_answer(-logp, answer, "sequence_mean")
+
+
+def split_world(data: TensorData) -> tuple[TensorData, TensorData]:
+    """(the authors' facts, the world-knowledge facts) of a split, told apart by their group."""
+    world = data["group"] == WORLD_GROUP
+    return (data.subset(torch.nonzero(~world).flatten().cpu().numpy()),
+            data.subset(torch.nonzero(world).flatten().cpu().numpy()))
 
 
 @contextmanager
@@ -56,13 +103,20 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 class LanguageModelTask(Task):
     """Question-answer facts for a causal LM (data from `unlearn.data.facts`).
 
-    `evaluate` gives, on forget and retain, the answer probability (exp of the answer's mean token NLL,
-    averaged over examples) and the ROUGE-L recall of greedy answers; on forget, the truth ratio
-    R = P(perturbed)/P(paraphrased) summarised as mean max(0, 1 − R) (`truth_preference`: 0 = no preference
-    for the true answer, as in a model that never saw it); and the LOSS-attack AUC of forget vs the holdout
-    authors. `compare_to_oracle` adds TOFU's forget quality (KS p-value of R against the oracle's R).
+    `evaluate` gives (reference/llm.md, "Metrics"):
+    - forget: answer probability (exp of the answer's mean token NLL, averaged over examples), ROUGE-L recall
+      of greedy answers, truth ratio as TOFU reports it (mean min(R, 1/R): 1 = indifferent between the true
+      and the false answers), exact memorization and extraction strength of the answer tokens;
+    - utility: retain (the kept authors) probability, ROUGE and truth ratio (mean max(0, 1 − R)); the same on
+      the world-knowledge facts (probability normalised over the true and false answers); `model_utility`, the
+      harmonic mean of these six, beside them;
+    - membership (forget vs the holdout authors, AUC: original ≈ 1, retrain ≈ 0.5, over-unlearned → 0): LOSS,
+      zlib, Min-K% (k = `min_k`), Min-K%++ and GradNorm.
+    `compare_to_oracle` adds TOFU's forget quality (KS p-value of R against the oracle's R), the reference
+    attack against the oracle (L̄_θ − L̄_oracle) and MUSE's privleak on Min-K%. The raw per-item R of every
+    model of a run go to `truth_ratios.json` in the run dir.
 
-    Avg. Gap averages the gaps of all of `evaluate`'s metrics: each lies on [0, 1], and together they cover
+    Avg. Gap averages the gaps of the six `gap_metrics`: each lies on [0, 1], and together they cover
     forgetting (forget_*, MIA) and utility (retain_*). Forget quality stays out: it is already a comparison
     with the oracle (1 for the oracle itself), spans hundreds of orders of magnitude, and would count the
     truth-ratio distribution twice.
@@ -73,15 +127,16 @@ class LanguageModelTask(Task):
     utility_metrics = ("retain_prob", "retain_rouge")
     has_example_statistics = True
 
-    knobs = {"eval_batch_size": COUNT, "max_new_tokens": COUNT}
+    knobs = {"eval_batch_size": COUNT, "max_new_tokens": COUNT, "min_k": Range(0, 1, low_open=True)}
 
-    def __init__(self, tokenizer: str = "bytes", eval_batch_size: int = 64, max_new_tokens: int = 64):
+    def __init__(self, tokenizer: str = "bytes", eval_batch_size: int = 64, max_new_tokens: int = 64, min_k: float = 0.4):
         if eval_batch_size < 1 or max_new_tokens < 1:
             raise ConfigError(f"need data.task.eval_batch_size >= 1 and data.task.max_new_tokens >= 1; got "
                               f"{eval_batch_size} and {max_new_tokens}")
         self.tokenizer = load_tokenizer(tokenizer)
         self.eval_batch_size = int(eval_batch_size)
         self.max_new_tokens = int(max_new_tokens)
+        self.min_k = float(min_k)
 
     # ---- training ------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -141,22 +196,116 @@ class LanguageModelTask(Task):
         scores = rouge_l_recall(self.generate_answers(model, data, runtime), self.true_answers(data))
         return float(scores.mean()) if scores.size else float("nan")
 
+    def token_statistics(self, model: nn.Module, data: TensorData, runtime: Runtime) -> dict[str, np.ndarray]:
+        """Per answer token of every example (N, T'), in eval mode: the label's log-probability `logp`, the
+        answer `mask`, whether the argmax is the label (`correct`), and the mean and variance of log p over the
+        vocabulary under p (`vocab_mean`, `vocab_var`, for Min-K%++)."""
+        length = data["input_ids"].shape[-1] - 1
+        out: dict[str, list] = {k: [] for k in ("logp", "mask", "correct", "vocab_mean", "vocab_var")}
+        with evaluating(model):
+            for batch in data.batches(self.eval_batch_size):
+                with runtime.autocast():
+                    logits, target = _shifted_logits(model, *(batch[name] for name in ANSWER))
+                logprobs = logits.float().log_softmax(-1)
+                probs = logprobs.exp()
+                mean = (probs * logprobs).sum(-1)
+                values = {"logp": logprobs.gather(-1, target.clamp_min(0)[..., None])[..., 0],
+                          "mask": target != IGNORE, "correct": logits.argmax(-1) == target,
+                          "vocab_mean": mean, "vocab_var": (probs * logprobs.square()).sum(-1) - mean.square()}
+                for name, value in values.items():
+                    out[name].append(F.pad(value, (0, length - value.shape[-1])).cpu())
+        return {name: torch.cat(chunks).numpy() for name, chunks in out.items()}
+
+    def gradient_norms(self, model: nn.Module, data: TensorData, runtime: Runtime) -> np.ndarray:
+        """‖∇θ L̄_θ(x, y)‖₂ of every example's mean answer NLL (the GradNorm attack's score), in eval mode."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        was_training = model.training
+        model.eval()
+        norms = []
+        try:
+            for batch in data.batches(1):
+                with runtime.autocast():
+                    loss = self.loss(model, batch).sum()
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                norms.append(float(torch.sqrt(sum(g.float().square().sum() for g in grads if g is not None))))
+        finally:
+            model.train(was_training)
+        return np.array(norms, dtype=np.float64)
+
+    def membership_scores(self, model: nn.Module, data: TensorData, runtime: Runtime) -> dict[str, np.ndarray]:
+        """Per-example scores of the MIA family (higher = less member-like): LOSS, zlib, Min-K%, Min-K%++,
+        GradNorm; plus the token statistics they came from."""
+        stats = self.token_statistics(model, data, runtime)
+        nll = -np.where(stats["mask"], stats["logp"], 0.0).sum(1) / np.maximum(stats["mask"].sum(1), 1)
+        z = min_k_plus_plus_tokens(stats["logp"], stats["vocab_mean"], stats["vocab_var"])
+        return {"loss": nll, "zlib": zlib_scores(nll, self.true_answers(data)),
+                "min_k": min_k_scores(stats["logp"], stats["mask"], self.min_k),
+                "min_k_pp": min_k_scores(z, stats["mask"], self.min_k),
+                "gradnorm": self.gradient_norms(model, data, runtime), "stats": stats}
+
+    def family_ratios(self, model: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, np.ndarray]:
+        """Per-item truth ratios R of the forget, retain-author and world-fact families."""
+        retain, world = split_world(splits.retain)
+        return {"forget": self.truth_ratios(model, splits.forget, runtime),
+                "retain": self.truth_ratios(model, retain, runtime),
+                "world": self.truth_ratios(model, world, runtime)}
+
     def evaluate(self, model: nn.Module, splits: Splits, runtime: Runtime, seed: int) -> dict[str, float]:
-        nll = {name: self.nll(model, getattr(splits, name), ANSWER, runtime) for name in ("forget", "retain", "test")}
+        self._splits = splits  # save_pictures writes the per-item truth ratios of the models of this run
+        retain, world = split_world(splits.retain)
+        forget = self.membership_scores(model, splits.forget, runtime)
+        holdout = self.membership_scores(model, splits.test, runtime)
+        ratios = self.family_ratios(model, splits, runtime)
+        utility = {
+            "retain_prob": answer_probability(self.nll(model, retain, ANSWER, runtime)),
+            "retain_rouge": self.rouge(model, retain, runtime),
+            "retain_truth_ratio": truth_preference(ratios["retain"]),
+            "world_prob": normalised_probability(self.nll(model, world, PARAPHRASE, runtime),
+                                                 self.nll(model, world, PERTURBED, runtime)),
+            "world_rouge": self.rouge(model, world, runtime),
+            "world_truth_ratio": truth_preference(ratios["world"]),
+        }
+        stats = forget["stats"]
         return {
-            "forget_prob": answer_probability(nll["forget"]),
-            "retain_prob": answer_probability(nll["retain"]),
+            "forget_prob": answer_probability(forget["loss"]),
+            "retain_prob": utility["retain_prob"],
             "forget_rouge": self.rouge(model, splits.forget, runtime),
-            "retain_rouge": self.rouge(model, splits.retain, runtime),
-            "forget_truth_ratio": truth_preference(self.truth_ratios(model, splits.forget, runtime)),
-            "mia_loss_auc": loss_attack_auc(nll["forget"], nll["test"]),
+            "retain_rouge": utility["retain_rouge"],
+            "forget_truth_ratio": truth_ratio_forget(ratios["forget"]),
+            "mia_loss_auc": mia_auc(forget["loss"], holdout["loss"]),
+            "model_utility": model_utility(utility),
+            **{k: v for k, v in utility.items() if k not in ("retain_prob", "retain_rouge")},
+            "exact_memorization": float(np.mean(exact_memorization(stats["correct"], stats["mask"]))),
+            "extraction_strength": float(np.mean(extraction_strength(stats["correct"], stats["mask"]))),
+            **{f"mia_{name}_auc": mia_auc(forget[name], holdout[name]) for name in ("zlib", "min_k", "min_k_pp", "gradnorm")},
         }
 
     def compare_to_oracle(self, model: nn.Module, oracle: nn.Module, splits: Splits,
                           runtime: Runtime) -> dict[str, float]:
-        """TOFU's forget quality: KS p-value between this model's and the oracle's forget-set truth ratios."""
+        """TOFU's forget quality (KS p-value between this model's and the oracle's forget-set truth ratios), the
+        reference attack (L̄_θ − L̄_oracle: forget vs holdout AUC) and MUSE's privleak on Min-K%."""
+        def scores(m: nn.Module) -> dict[str, np.ndarray]:
+            stats = {name: self.token_statistics(m, getattr(splits, name), runtime) for name in ("forget", "test")}
+            return {name: (min_k_scores(s["logp"], s["mask"], self.min_k),
+                           -np.where(s["mask"], s["logp"], 0.0).sum(1) / np.maximum(s["mask"].sum(1), 1))
+                    for name, s in stats.items()}
+
+        mine, ref = scores(model), scores(oracle)
         return {"forget_quality": ks_forget_quality(self.truth_ratios(model, splits.forget, runtime),
-                                                    self.truth_ratios(oracle, splits.forget, runtime))}
+                                                    self.truth_ratios(oracle, splits.forget, runtime)),
+                "mia_reference_auc": mia_auc(mine["forget"][1] - ref["forget"][1], mine["test"][1] - ref["test"][1]),
+                "privleak": privleak(mia_auc(mine["forget"][0], mine["test"][0]),
+                                     mia_auc(ref["forget"][0], ref["test"][0]))}
+
+    def save_pictures(self, run_dir, models: dict[str, nn.Module], runtime: Runtime, seed: int) -> None:
+        """truth_ratios.json: the raw per-item truth ratio R of every model of the run, per family, so any
+        summary convention can be recomputed."""
+        splits = getattr(self, "_splits", None)
+        if splits is None:
+            return
+        record = {label: {family: r.tolist() for family, r in self.family_ratios(m, splits, runtime).items()}
+                  for label, m in models.items()}
+        write_json_atomic(Path(run_dir) / "truth_ratios.json", record)
 
     def example_statistics(self, model: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, np.ndarray]:
         """The answer's mean token log-probability of every example (for KLoM, LiRA and the ε score)."""
