@@ -224,7 +224,8 @@ class Experiment:
     def original_trainer(self, model_seed: int, on_epoch=None) -> OriginalTrainer:
         data, _ = self.data()
         return OriginalTrainer(task=self.task, runtime=self.runtime, cache=self.cache, recipe=self.recipe,
-                               train=data.train, model_seed=model_seed, key_fields=self._common_key_fields(model_seed),
+                               train=data.train, val=data.val, model_seed=model_seed,
+                               key_fields=self._common_key_fields(model_seed),
                                new_model=lambda stage: self.new_model(model_seed, stage), on_epoch=on_epoch)
 
     def set_forget(self, forget: ForgetSet, key: str) -> None:

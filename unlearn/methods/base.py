@@ -52,6 +52,7 @@ class OriginalTrainer:
     cache: Any                              # unlearn.cache.Cache
     recipe: OptimConfig                     # data.train
     train: TensorData                       # the whole training set; indices refer to it
+    val: TensorData                         # held-out data outside D (S3T pretrains its frozen backbone on it)
     model_seed: int
     key_fields: dict[str, Any]
     new_model: Callable[[str], nn.Module]   # a freshly initialised cfg.model, seeded by a stage name

@@ -3,7 +3,7 @@ images such as the bundled 8x8 digits, which it upsamples to `image_size` before
 
 It names its LoRA targets for the methods that adapt it (GS-LoRA, S3T): `lora_groups(part)` gives, per
 transformer block from the top down, the names of the block's FFN linears (`part="ffn"`) or of its attention
-query/value projections (`part="attention"`), as peft's `target_modules` expects them.
+query/value projections (`part="attention"`), or both (`part="all"`), as peft's `target_modules` expects them.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from unlearn.knobs import COUNT
 
 LORA_PARTS = {"ffn": ("mlp.fc1", "mlp.fc2", "intermediate.dense", "output.dense"),
               "attention": ("q_proj", "v_proj", "attention.query", "attention.value")}
+LORA_PARTS["all"] = LORA_PARTS["attention"] + LORA_PARTS["ffn"]
 
 
 class TinyViT(nn.Module):
