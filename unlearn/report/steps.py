@@ -25,21 +25,34 @@ def step_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def default_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The headline columns: continual-forgetting figures for class streams, forget/utility for id streams,
+    and exact methods' retraining figures where present."""
     kind = "classes" if any("acc_f" in r["metrics"] for r in rows) else "ids"
     names = list(CLASS_METRICS if kind == "classes" else ID_METRICS)
     return names + [n for n in EXACT_FIGURES if any(n in r["metrics"] for r in rows)]
 
 
+def stream_of(row: dict[str, Any]) -> str:
+    """What makes streams comparable: the number of steps and the size of each request."""
+    request = row["request"]
+    size = (f"{len(request['classes'])} classes" if "classes" in request else
+            f"count={request['count']}" if request.get("count") is not None else f"ratio={request.get('ratio')}")
+    return f"{row['steps']} requests of {size}"
+
+
 def frame(rows: Sequence[dict[str, Any]], with_oracle: bool = True) -> pd.DataFrame:
     """One record per (row, role): method rows, and the step's oracle once per (step, seed) as `retrain`."""
-    records, seen = [], set()
+    def oracle_id(r: dict[str, Any]) -> tuple:
+        return r["data"], r["model"], r["step"], r["seed"], stream_of(r)
+
+    records = []
+    seen = {oracle_id(r) for r in step_rows(rows) if r["method"] == ORACLE}  # a run of method=retrain itself
     for r in step_rows(rows):
-        base = {"data": r["data"], "model": r["model"], "kind": r["forget"].get("kind"), "step": r["step"],
-                "seed": r["seed"]}
+        base = {"data": r["data"], "model": r["model"], "kind": r["forget"].get("kind"), "stream": stream_of(r),
+                "step": r["step"], "seed": r["seed"]}
         records.append(base | {"method": r["method"]} | r["metrics"])
-        oracle_id = (r["data"], r["model"], r["step"], r["seed"], r["forget"].get("kind"))
-        if with_oracle and r["method"] != ORACLE and oracle_id not in seen:
-            seen.add(oracle_id)
+        if with_oracle and oracle_id(r) not in seen:
+            seen.add(oracle_id(r))
             records.append(base | {"method": ORACLE} | r["reference"]["oracle"])
     return pd.DataFrame.from_records(records)
 
@@ -49,21 +62,22 @@ def steps_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = 
     df = frame(rows)
     if df.empty:
         return ""
-    metrics = [m for m in (metrics or default_metrics(step_rows(rows))) if m in df.columns]
     out = []
-    for (data, model, kind), part in df.groupby(["data", "model", "kind"], dropna=False, sort=False):
+    for (data, model, kind, stream), part in df.groupby(["data", "model", "kind", "stream"], dropna=False, sort=False):
+        names = metrics or default_metrics([r for r in step_rows(rows) if r["forget"].get("kind") == kind])
+        names = [m for m in names if m in part.columns and part[m].notna().any()]
         grouped = part.groupby(["method", "step"], sort=False)
-        mean, std, n = grouped[metrics].mean(), grouped[metrics].std(), grouped.size()
+        mean, std, n = grouped[names].mean(), grouped[names].std(), grouped.size()
         table = []
         for (method, step) in sorted(mean.index, key=lambda i: (i[0] != ORACLE, i[0], i[1])):
             cells = []
-            for m in metrics:
+            for m in names:
                 mu, sd = mean.loc[(method, step), m], std.loc[(method, step), m]
                 cells.append("—" if pd.isna(mu) else (f"{mu:.2f}" if pd.isna(sd) else f"{mu:.2f} ± {sd:.2f}"))
             table.append([method, step, int(n.loc[(method, step)]), *cells])
-        headers = ["method", "step", "n", *metrics]
+        headers = ["method", "step", "n", *names]
         render = {"md": markdown, "csv": to_csv, "latex": latex}[fmt]
-        out.append(f"### sequence · data={data} · model={model} · kind={kind}\n\n" + render(headers, table))
+        out.append(f"### sequence · data={data} · model={model} · {stream}\n\n" + render(headers, table))
     return "\n\n".join(out) + "\n"
 
 
