@@ -25,7 +25,9 @@ def run_from_hydra(cfg: DictConfig) -> float:
     try:
         experiment = Experiment(cfg)
         loggers = [build(node) for node in cfg.logger.values()]
-        row = experiment.run(run_dir=run_dir, loggers=loggers, labels=dict(hydra_cfg.runtime.choices), command=command)
+        scenario = build(cfg.scenario)  # single: experiment.run; sequence: one row per request
+        row = scenario.run(experiment, run_dir=run_dir, loggers=loggers, labels=dict(hydra_cfg.runtime.choices),
+                           command=command)
     except BadInputError as exc:
         # Bad input: one clear line, and no run folder left behind.
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -29,7 +29,7 @@ from unlearn.data.tensordata import DataBundle
 from unlearn.errors import ConfigError, DivergedError
 from unlearn.knobs import check_knobs
 from unlearn.eval.population import population_metric_names, population_metrics
-from unlearn.methods.base import Method, UnlearnContext
+from unlearn.methods.base import Method, OriginalTrainer, UnlearnContext
 from unlearn.models.pruning import Pruner, apply_masks, masks_of, plain_state_dict, sparsity
 from unlearn.report.loggers import Logger, record_row, write_json_atomic
 from unlearn.report.row import environment, make_row, summary_table
@@ -213,8 +213,7 @@ class Experiment:
         timings["data_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        original_payload, original_key, cached = self._original(model_seed, on_epoch)
-        original = self.model_from_state(original_payload)
+        original, original_key, original_payload, cached = self.original_model(model_seed, on_epoch)
         timings.update(original_s=time.perf_counter() - t0, original_cached=cached)
         t0 = time.perf_counter()
         forget, forget_key, cached = self.forget_set(original, original_key)
@@ -225,6 +224,26 @@ class Experiment:
         oracle = self.model_from_state(payload)
         timings.update(oracle_s=time.perf_counter() - t0, oracle_cached=cached)
         return Artifacts(model_seed, original, original_key, oracle, oracle_key, payload["train_seconds"], timings)
+
+    def original_model(self, model_seed: int, on_epoch=None) -> tuple[nn.Module, str, dict[str, Any], bool]:
+        """(θo, its key, its payload, cached): the method's own original where it builds one (exact methods,
+        Method.build_original), else the pipeline's."""
+        owned = self.method.build_original(self.original_trainer(model_seed, on_epoch))
+        if owned is not None:
+            return owned[0], owned[1], {}, False
+        payload, key, cached = self._original(model_seed, on_epoch)
+        return self.model_from_state(payload), key, payload, cached
+
+    def original_trainer(self, model_seed: int, on_epoch=None) -> OriginalTrainer:
+        data, _ = self.data()
+        return OriginalTrainer(task=self.task, runtime=self.runtime, cache=self.cache, recipe=self.recipe,
+                               train=data.train, val=data.val, model_seed=model_seed,
+                               key_fields=self._common_key_fields(model_seed),
+                               new_model=lambda stage: self.new_model(model_seed, stage), on_epoch=on_epoch)
+
+    def set_forget(self, forget: ForgetSet, key: str) -> None:
+        """Use this forget set from now on (a scenario's request instead of the forget builder's)."""
+        self._forget = forget, key
 
     def _oracle(self, model_seed: int, masks: dict | None, on_epoch=None) -> tuple[dict[str, Any], str, bool]:
         """The retrain on D \\ F for `model_seed`. With pruning it is the sparse retrain: the original's masks,
@@ -348,6 +367,19 @@ class Experiment:
         return population_metrics(stats, utility, self.task.utility_metrics)
 
     # ---- the run ------------------------------------------------------------------------------
+    def environment(self) -> dict[str, Any]:
+        return environment(str(self.runtime.device), getattr(self.method, "batch_size", None))
+
+    def record(self, row: dict[str, Any], run_dir: Path | None, loggers: list[Logger]) -> None:
+        """The local record (result.json and the table row), then the extra sinks."""
+        record_row(row, run_dir, Path(self.cfg.table_path))
+        for lg in loggers:
+            try:
+                lg.log_result(row, run_dir)
+            except Exception as exc:  # an extra sink failing must not lose a run whose row is already recorded
+                log.warning("logger %s failed (%s: %s); the row is in %s", type(lg).__name__, type(exc).__name__, exc,
+                            self.cfg.table_path)
+
     def run(self, *, run_dir: Path | None = None, loggers: list[Logger] | None = None, labels: dict | None = None,
             command: str = "") -> dict[str, Any]:
         loggers = loggers or []
@@ -362,6 +394,7 @@ class Experiment:
                  forget.description.get("builder"), len(splits.retain), len(splits.test))
 
         unlearned, status, seconds = self.unlearn(art, splits, on_epoch)
+        method_figures = self.method.run_metrics()
         original_metrics = self.evaluate_reference(art.original, art.original_key, art, splits)
         oracle_metrics = self.evaluate_reference(art.oracle, art.oracle_key, art, splits)
         if unlearned is not None:
@@ -372,6 +405,7 @@ class Experiment:
                 status = "diverged"
         else:
             metrics = {name: float("nan") for name in oracle_metrics}
+        metrics |= method_figures
         if self.pruner is not None:
             metrics["sparsity"] = sparsity(unlearned) if unlearned is not None else float("nan")
             original_metrics = original_metrics | {"sparsity": sparsity(art.original)}
@@ -391,7 +425,7 @@ class Experiment:
             gap_metrics=self.task.gap_metrics, command=command, config=plain(self.cfg),
             run_dir=str(run_dir) if run_dir else None,
             timings=art.timings | ({"precompute_s": self._precompute_seconds} if self._precompute_seconds else {}),
-            env=environment(str(self.runtime.device), getattr(self.method, "batch_size", None)),
+            env=self.environment(),
         )
         if run_dir is not None:
             # The forget set itself, so it can be reused (forget=from_file) or published.
@@ -404,13 +438,7 @@ class Experiment:
             if unlearned is not None:
                 self.task.save_pictures(Path(run_dir), {"original": art.original, "retrain (oracle)": art.oracle,
                                                         self.method.name: unlearned}, self.runtime, int(self.cfg.eval.seed))
-        record_row(row, run_dir, Path(self.cfg.table_path))
-        for lg in loggers:
-            try:
-                lg.log_result(row, run_dir)
-            except Exception as exc:  # an extra sink failing must not lose a run whose row is already recorded
-                log.warning("logger %s failed (%s: %s); the row is in %s", type(lg).__name__, type(exc).__name__, exc,
-                            self.cfg.table_path)
+        self.record(row, run_dir, loggers)
         print("\n" + summary_table(row) + "\n", flush=True)
         return row
 

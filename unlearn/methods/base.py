@@ -48,6 +48,25 @@ class UnlearnContext:
         return compute() if self.artifact is None else self.artifact(kind, fields, compute)
 
 
+@dataclass
+class OriginalTrainer:
+    """What an exact method (SISA, S3T) gets to train and cache the models its original is made of.
+
+    `key_fields` (data, model, recipe, seed, precision) go into every cache key it makes, so its stages are
+    shared exactly like the pipeline's original and oracles."""
+
+    task: Task
+    runtime: Runtime
+    cache: Any                              # unlearn.cache.Cache
+    recipe: OptimConfig                     # data.train
+    train: TensorData                       # the whole training set; indices refer to it
+    val: TensorData                         # held-out data outside D (S3T pretrains its frozen backbone on it)
+    model_seed: int
+    key_fields: dict[str, Any]
+    new_model: Callable[[str], nn.Module]   # a freshly initialised cfg.model, seeded by a stage name
+    on_epoch: Optional[Callable[[str, int, float], None]] = None
+
+
 class Method:
     """An unlearning method: θo → θu. Subclasses set `supports` to the task kinds they apply to."""
 
@@ -69,6 +88,16 @@ class Method:
     def reported_seconds(self, measured: float, ctx: UnlearnContext) -> float:
         """Run time reported as RTE (the measured wall clock of `unlearn`)."""
         return measured
+
+    def build_original(self, trainer: OriginalTrainer) -> Optional[tuple[nn.Module, str]]:
+        """Exact methods own their original (e.g. SISA's shard ensemble): return it and its cache key,
+        training through `trainer`. None (the default): the pipeline trains the plain original."""
+        return None
+
+    def run_metrics(self) -> dict[str, float]:
+        """Figures about the last `unlearn` call the row records beside the task's metrics (e.g. how many
+        shards an exact method retrained). None by default."""
+        return {}
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "name"}

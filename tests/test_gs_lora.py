@@ -1,0 +1,58 @@
+"""GS-LoRA on a tiny ViT: the forget term is bounded, the group lasso leaves whole blocks untouched."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unlearn.config import compose_config
+from unlearn.errors import ConfigError
+from unlearn.methods.base import UnlearnContext
+from unlearn.pipeline import Experiment
+
+from conftest import TINY
+
+# A tiny ViT learns slowly: all 1258 training digits and 25 epochs give ~86% test accuracy in ~25 s.
+VIT = ["model=vit_tiny", "model.hidden_size=32", "model.mlp_size=64", "model.layers=3", "model.heads=2",
+       "data.source.limit=null", "data.train.optimizer=adamw", "data.train.lr=3e-3", "data.train.weight_decay=0.0",
+       "data.train.epochs=25", "data.train.schedule=constant"]
+
+
+def unlearn_class(cache, *overrides, forget_class: int = 3):
+    exp = Experiment(compose_config(*TINY, *VIT, f"cache_dir={cache}", "method=gs_lora", "method.epochs=30", *overrides))
+    original, *_ = exp.original_model(exp.seed)
+    data, _ = exp.data()
+    labels = data.train["y"].cpu().numpy()
+    forget = np.flatnonzero(labels == forget_class)
+    ctx = UnlearnContext(task=exp.task, original=original, forget=data.train.subset(forget),
+                         retain=data.train.subset(np.flatnonzero(labels != forget_class)), runtime=exp.runtime,
+                         generator=torch.Generator().manual_seed(0), oracle=lambda: None, oracle_seconds=0.0,
+                         forget_indices=forget)
+    torch.manual_seed(0)
+    return original, exp.method.unlearn(ctx), exp.method.run_metrics()
+
+
+def test_forget_term_is_bounded(shared_cache):
+    _, _, tight = unlearn_class(shared_cache, "method.bound=1.0", "method.group_lasso=0")
+    _, _, loose = unlearn_class(shared_cache, "method.bound=30.0", "method.group_lasso=0")
+    assert tight["forget_ce_after"] > tight["forget_ce_before"] + 0.5      # it does forget
+    assert tight["forget_ce_after"] < tight["bnd"] + 2.0                   # but stops near the bound
+    assert loose["forget_ce_after"] > tight["forget_ce_after"] + 2.0       # a higher bound pushes further
+
+
+def test_group_lasso_leaves_blocks_untouched(shared_cache):
+    _, _, dense = unlearn_class(shared_cache, "method.group_lasso=0")
+    original, model, sparse = unlearn_class(shared_cache, "method.group_lasso=0.4")
+    assert dense["blocks_untouched"] == 0 and sparse["blocks_untouched"] >= 1
+    # An untouched block's merged weights are exactly the incoming model's.
+    same = [all(torch.equal(p, dict(model.named_parameters())[n]) for n, p in block.named_parameters(prefix=name))
+            for name, block in original.blocks()]
+    assert sum(same) == sparse["blocks_untouched"] < sparse["blocks"]
+
+
+@pytest.mark.parametrize("method", ["gs_lora", "s3t"])
+def test_lora_methods_refuse_models_without_transformer_blocks(method, tmp_path):
+    exp = Experiment(compose_config(*TINY, f"cache_dir={tmp_path}", f"method={method}"))
+    with pytest.raises(ConfigError, match="model=vit_tiny"):
+        exp.original_model(exp.seed)
+    assert not list(tmp_path.glob("original-*"))

@@ -1,0 +1,1 @@
+"""Scenarios: how forget requests reach a method (DESIGN.md, "Scenarios"). `conf/scenario/` names one."""

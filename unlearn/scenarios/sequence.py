@@ -1,0 +1,234 @@
+"""A stream of forget requests F1, F2, … (DESIGN.md, "Scenarios"; reference/exact_continual.md).
+
+After step k the method has processed F1..Fk, each step continuing from its own previous model: the method's
+`original` at step k is its model after step k−1, `forget` is the request Fk and `retain` is
+D \\ (F1 ∪ … ∪ Fk). The oracle of step k is the pipeline's retrain without F1 ∪ … ∪ Fk, cached by that
+retained set (and the model seed and recipe), so every method — and every stream that reaches the same
+retained set — shares it. One row per step: the task's metrics on the current request, `earlier_*` metrics on
+everything forgotten before (a rebound shows there), the step's RTE and the cumulative `cum_RTE_s`; for class
+streams also GS-LoRA's continual-forgetting figures on the test split (acc_f, acc_r, acc_old, drop_f, h_mean).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unlearn.cache import content_key
+from unlearn.codehash import code_digest
+from unlearn.config import plain
+from unlearn.data.forget import ClassForget, ForgetSet, RandomForget
+from unlearn.data.tensordata import DataBundle
+from unlearn.errors import ConfigError
+from unlearn.eval.continual import class_group_accuracy, h_mean
+from unlearn.knobs import COUNT, OneOf
+from unlearn.pipeline import Artifacts, Experiment, save_model
+from unlearn.report.loggers import Logger, write_json_atomic
+from unlearn.report.row import make_row
+from unlearn.report.steps import steps_table
+from unlearn.runtime import derive_seed
+from unlearn.tasks.base import Splits
+
+KINDS = ("ids", "classes")
+
+
+class Sequence:
+    """`scenario=sequence`: `steps` requests of `kind` ids (each a random batch of forget.ratio / forget.count
+    of the training set, drawn from what is still retained) or classes (each `classes_per_step` classes),
+    in an order drawn from the run's seed."""
+
+    name = "sequence"
+    knobs = {"steps": COUNT, "kind": OneOf(KINDS), "classes_per_step": COUNT}
+
+    def __init__(self, steps: int = 4, kind: str = "ids", classes_per_step: int = 2):
+        if int(steps) != steps or steps < 1:
+            raise ConfigError(f"scenario.steps must be an integer >= 1, got {steps}")
+        if kind not in KINDS:
+            raise ConfigError(f"scenario.kind={kind!r} is not one of {', '.join(KINDS)}")
+        if int(classes_per_step) != classes_per_step or classes_per_step < 1:
+            raise ConfigError(f"scenario.classes_per_step must be an integer >= 1, got {classes_per_step}")
+        self.steps, self.kind, self.classes_per_step = int(steps), kind, int(classes_per_step)
+
+    # ---- the stream ---------------------------------------------------------------------------
+    def requests(self, experiment: Experiment) -> list[ForgetSet]:
+        """The requests F1..F_steps, seeded by the run's seed; ConfigError (before training) if impossible."""
+        data, _ = experiment.data()
+        rng = np.random.default_rng(derive_seed(experiment.seed, "stream", self.kind))
+        return self._class_requests(data, rng, experiment) if self.kind == "classes" else \
+            self._id_requests(data, rng, experiment)
+
+    def _id_requests(self, data: DataBundle, rng: np.random.Generator, experiment: Experiment) -> list[ForgetSet]:
+        builder = experiment.builder
+        if not isinstance(builder, RandomForget):
+            raise ConfigError(f"scenario.kind=ids draws each request with forget=random's ratio/count, but "
+                              f"forget={builder.name}; use forget=random (or scenario.kind=classes)")
+        units = builder._units(data)
+        size = builder._size(len(units))
+        if size * self.steps >= len(units):
+            raise ConfigError(f"{self.steps} requests of {size} would remove {size * self.steps} of the "
+                              f"{len(units)} training units and empty the training set; lower scenario.steps "
+                              f"or forget.ratio/forget.count")
+        order = rng.permutation(units)
+        grouped = "group" in data.train.keys()
+        requests = []
+        for k in range(self.steps):
+            chosen = np.sort(order[k * size:(k + 1) * size])
+            indices = np.flatnonzero(np.isin(data.train["group"].cpu().numpy(), chosen)) if grouped else chosen
+            requests.append(ForgetSet(indices=indices, test_indices=None,
+                                      description={"builder": "random", "ratio": builder.ratio, "count": builder.count,
+                                                   "size": int(len(indices)), "step": k + 1}))
+        return requests
+
+    def _class_requests(self, data: DataBundle, rng: np.random.Generator, experiment: Experiment) -> list[ForgetSet]:
+        if not hasattr(experiment.task, "predict_logits"):
+            raise ConfigError(f"scenario.kind=classes needs a classification task, got {experiment.task.kind}")
+        n_classes = int(data.info.get("num_classes", 0))
+        wanted = self.steps * self.classes_per_step
+        if wanted >= n_classes:
+            raise ConfigError(f"scenario.steps={self.steps} × classes_per_step={self.classes_per_step} = {wanted} "
+                              f"classes, but {data.name!r} has {n_classes} and at least one must remain")
+        order = rng.permutation(n_classes)
+        requests = []
+        for k in range(self.steps):
+            classes = sorted(int(c) for c in order[k * self.classes_per_step:(k + 1) * self.classes_per_step])
+            request = ClassForget(classes).build(data, 0)
+            request.description["step"] = k + 1
+            requests.append(request)
+        return requests
+
+    def cumulative(self, requests: list[ForgetSet], data: DataBundle) -> ForgetSet:
+        """F1 ∪ … ∪ Fk (with, for class streams, the test split left without any forgotten class)."""
+        indices = np.unique(np.concatenate([r.indices for r in requests]))
+        description = {"builder": "sequence", "kind": self.kind, "steps": self.steps, "step": len(requests),
+                       "size": int(len(indices))}
+        if self.kind == "classes":
+            classes = sorted(c for r in requests for c in r.description["classes"])
+            test_keep = np.flatnonzero(~np.isin(data.test["y"].cpu().numpy(), classes))
+            return ForgetSet(indices, test_keep, description | {"classes": classes})
+        return ForgetSet(indices, None, description | {"ratio": requests[0].description["ratio"],
+                                                       "count": requests[0].description["count"]})
+
+    # ---- the run ------------------------------------------------------------------------------
+    def run(self, experiment: Experiment, *, run_dir: Path | None = None, loggers: list[Logger] | None = None,
+            labels: dict | None = None, command: str = "") -> dict[str, Any]:
+        """One row per step (each logged as it is made); returns the last step's row."""
+        loggers, labels = loggers or [], labels or {}
+        data, data_key = experiment.data()
+        requests = self.requests(experiment)  # refuses an impossible stream before anything trains
+        cfg = experiment.cfg
+        for lg in loggers:
+            lg.start(run_dir, plain(cfg))
+        on_epoch = lambda stage, epoch, loss: [lg.log_epoch(stage, epoch, loss) for lg in loggers]  # noqa: E731
+        model_seed = experiment.seed
+        t0 = time.perf_counter()
+        original, original_key, payload, original_cached = experiment.original_model(model_seed, on_epoch)
+        masks = payload.get("masks")
+        timings = {"original_s": time.perf_counter() - t0, "original_cached": original_cached}
+
+        model, status = original, "ok"
+        cumulative_rte = cumulative_oracle = 0.0
+        rows = []
+        for k in range(1, self.steps + 1):
+            request, cum = requests[k - 1], self.cumulative(requests[:k], data)
+            earlier = self.cumulative(requests[:k - 1], data) if k > 1 else None
+            key = content_key("stream-step", code=code_digest(type(self)), data=data_key, request=request.indices,
+                              forget=cum.indices,
+                              test=cum.test_indices)
+            experiment.set_forget(cum, key)
+            t0 = time.perf_counter()
+            oracle_payload, oracle_key, oracle_cached = experiment._oracle(model_seed, masks, on_epoch)
+            oracle = experiment.model_from_state(oracle_payload)
+            step_timings = timings | {"oracle_s": time.perf_counter() - t0, "oracle_cached": oracle_cached}
+            art = Artifacts(model_seed, model, original_key, oracle, oracle_key, oracle_payload["train_seconds"],
+                            step_timings)
+            splits = self._splits(data, request, cum)
+            before = model
+            if status == "ok":
+                unlearned, status, seconds = experiment.unlearn(art, splits, on_epoch)
+                figures = experiment.method.run_metrics()
+            else:  # a diverged method has no model to continue from
+                unlearned, seconds, figures = None, float("nan"), {}
+            cumulative_rte += seconds
+            cumulative_oracle += oracle_payload["train_seconds"]
+
+            reference = {"original": experiment.evaluate_reference(original, original_key, art, splits),
+                         "oracle": experiment.evaluate_reference(oracle, oracle_key, art, splits)}
+            for role, ref_model in (("original", original), ("oracle", oracle)):
+                reference[role] = reference[role] | self._stream_metrics(experiment, ref_model, original, oracle,
+                                                                         splits, earlier, request, cum)
+            if unlearned is not None:
+                metrics = experiment.evaluate(unlearned, oracle, splits)
+                if not all(np.isfinite(v) for v in metrics.values()):
+                    status = "diverged"
+                metrics |= self._stream_metrics(experiment, unlearned, before, oracle, splits, earlier, request, cum)
+            else:
+                metrics = {name: float("nan") for name in reference["oracle"]}
+            metrics |= figures | {"RTE_s": seconds, "cum_RTE_s": cumulative_rte}
+            reference["original"] |= {"RTE_s": float("nan"), "cum_RTE_s": float("nan")}
+            reference["oracle"] |= {"RTE_s": oracle_payload["train_seconds"], "cum_RTE_s": cumulative_oracle}
+
+            step_dir = Path(run_dir) / f"step_{k}" if run_dir is not None else None
+            row = make_row(
+                task=experiment.task.kind, data=str(cfg.data.name),
+                model=labels.get("model") or str(cfg.model._target_).rsplit(".", 1)[-1],
+                forget=cum.description, method=experiment.method.name, method_params=experiment.method.params(),
+                seed=experiment.seed, status=status, metrics=metrics, original=reference["original"],
+                oracle=reference["oracle"], gap_metrics=experiment.task.gap_metrics, command=command,
+                config=plain(cfg), run_dir=str(step_dir) if step_dir else None, timings=step_timings,
+                env=experiment.environment())
+            row |= {"scenario": self.name, "step": k, "steps": self.steps, "request": request.description}
+            if step_dir is not None:
+                write_json_atomic(step_dir / "forget_indices.json",
+                                  {"request": request.indices.tolist(), "cumulative": cum.indices.tolist(),
+                                   "description": request.description})
+            experiment.record(row, step_dir, loggers)
+            rows.append(row)
+            model = unlearned
+        if run_dir is not None and model is not None and cfg.save_model:
+            save_model(model, Path(run_dir), experiment.model_config)
+        print("\n" + steps_table(rows) + "\n", flush=True)
+        return rows[-1]
+
+    @staticmethod
+    def _splits(data: DataBundle, request: ForgetSet, cum: ForgetSet, forget: np.ndarray | None = None) -> Splits:
+        test = data.test if cum.test_indices is None else data.test.subset(cum.test_indices)
+        return Splits(forget=data.train.subset(request.indices if forget is None else forget),
+                      retain=data.train.subset(cum.retain_indices(len(data.train))), test=test, val=data.val)
+
+    def _stream_metrics(self, experiment: Experiment, model, before, oracle, splits: Splits,
+                        earlier: ForgetSet | None, request: ForgetSet, cum: ForgetSet) -> dict[str, float]:
+        """Metrics on everything forgotten before this step (`earlier_*`, NaN at step 1) and, for class
+        streams, accuracy on the test examples of this request's classes (acc_f), of the classes never
+        requested (acc_r) and of the classes forgotten earlier (acc_old), with Drop_f against `before` (the
+        model that entered the step) and the H-Mean."""
+        task = experiment.task
+        names = [n for n in task.gap_metrics if n not in task.utility_metrics]
+        if earlier is None:
+            out = {f"earlier_{n}": float("nan") for n in names}
+        else:
+            earlier_splits = self._splits(experiment.data()[0], request, cum, forget=earlier.indices)
+            experiment.seed_stage(experiment.seed, "evaluate")
+            values = task.evaluate(model, earlier_splits, experiment.runtime, int(experiment.cfg.eval.seed))
+            out = {f"earlier_{n}": values[n] for n in names}
+        if self.kind != "classes":
+            return out
+        data = experiment.data()[0]
+        labels = data.test["y"].cpu().numpy()
+        current = request.description["classes"]
+        forgotten = cum.description["classes"]
+        old = [c for c in forgotten if c not in current]
+        remaining = [c for c in range(int(data.info["num_classes"])) if c not in forgotten]
+
+        def predict(m) -> np.ndarray:
+            return task.predict_logits(m, data.test, experiment.runtime).argmax(axis=1)
+
+        preds = predict(model)
+        acc_f = class_group_accuracy(preds, labels, current)
+        acc_r = class_group_accuracy(preds, labels, remaining)
+        drop_f = class_group_accuracy(predict(before), labels, current) - acc_f
+        return out | {"acc_f": acc_f, "acc_r": acc_r,
+                      "acc_old": class_group_accuracy(preds, labels, old) if old else float("nan"),
+                      "drop_f": drop_f, "h_mean": h_mean(drop_f, acc_r)}
+
