@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from unlearn.errors import ConfigError
 from unlearn.models.sd import CHANGED, StableDiffusion
 
-from test_t2i import TINY_T2I
+from test_t2i import TINY_WORLD
 
 
 def save_tiny_pipeline(directory: Path) -> Path:
@@ -54,7 +54,7 @@ SD = ["model=sd_pretrained", "data.train.epochs=0"]
 
 @pytest.mark.parametrize("method, kind", [("uce", "kv"), ("esd", "attn2")])
 def test_methods_run_on_a_saved_pipeline_and_save_only_changed_tensors(tiny_pipeline, run_experiment, method, kind):
-    row = run_experiment(*TINY_T2I, *SD, f"model.path={tiny_pipeline}", f"method={method}",
+    row = run_experiment(*TINY_WORLD, *SD, f"model.path={tiny_pipeline}", f"method={method}",
                          "method.sampling_steps=4" if method == "esd" else "method.lam=0.5",
                          "method.epochs=2" if method == "esd" else "method.erase_scale=1.0", tiny=False)
     assert row["status"] == "ok" and row["model"] == "StableDiffusion"
