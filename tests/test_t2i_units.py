@@ -179,3 +179,17 @@ def test_cross_axis_accuracy_averages_axes():
     assert np.isnan(cross_axis_accuracy(np.zeros((0, 2)), np.zeros((0, 2))))
     with pytest.raises(ShapeError):
         cross_axis_accuracy(judged, prompted[:, :1])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method=uce method.lam=0", "lam"), ("method=esd method.train=y", "train"),
+    ("method=esd method.eta=-1", "eta"), ("data.task.guidance_scale=-1", "guidance_scale"),
+    ("model.cond_dropout=1", "cond_dropout"), ("data.source.synonym_rate=1.5", "synonym_rate"),
+])
+def test_t2i_knobs_are_range_checked_before_anything_runs(override, message):
+    from unlearn.config import build, compose_config
+
+    cfg = compose_config("data=shapes_t2i", *override.split())
+    with pytest.raises(ConfigError, match=message):
+        for node in (cfg.method, cfg.data.task, cfg.model, cfg.data.source):
+            build(node)
