@@ -82,12 +82,18 @@ def _nothing_written(cache: Path) -> bool:
 @pytest.mark.parametrize("overrides, error, message", [
     (["forget.concept=purple"], ConfigError, "not a concept"),
     (["forget.concept=red", "forget.guide=crimson"], ConfigError, "names the concept"),
-    (["forget=random"], ConfigError, "forget=concept"),
 ])
 def test_bad_concept_requests_fail_before_training(tmp_path, overrides, error, message):
     cache = tmp_path / "cache"
     with pytest.raises(error, match=message):
         Experiment(compose_config(*TINY_T2I, *overrides, f"cache_dir={cache}")).run()
+    assert _nothing_written(cache)
+
+
+def test_the_t2i_task_refuses_example_wise_forgetting(tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(ConfigError, match="forget=concept"):
+        Experiment(compose_config("data=shapes_t2i", "forget=random", f"cache_dir={cache}"))
     assert _nothing_written(cache)
 
 

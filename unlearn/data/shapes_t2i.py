@@ -70,11 +70,6 @@ def vocabulary() -> list[str]:
     return sorted({word for text in prompt_table()["text"] for word in text.split()})
 
 
-def concept_words(value: str) -> tuple[str, ...]:
-    """A value's words: itself and its synonym, if any."""
-    return (value, SYNONYMS[value]) if value in SYNONYMS else (value,)
-
-
 def _inside(shape: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """Which points (offsets from the centre, in radii) a shape covers."""
     dist = np.hypot(dx, dy)
