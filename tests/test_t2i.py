@@ -25,8 +25,8 @@ TINY_WORLD = [
 TINY_T2I = [*TINY_WORLD, "model.block_out_channels=[16,32]", "model.down_block_types=[DownBlock2D,CrossAttnDownBlock2D]",
             "model.up_block_types=[CrossAttnUpBlock2D,UpBlock2D]", "model.text_width=32"]
 METHODS = {
-    "esd-x": ["method=esd", "method.train=x", "method.sampling_steps=8", "method.epochs=8"],
-    "esd-u": ["method=esd", "method.train=u", "method.sampling_steps=8", "method.epochs=8"],
+    "esd-x": ["method=esd", "method.train=x", "method.sampling_steps=8", "method.epochs=30"],
+    "esd-u": ["method=esd", "method.train=u", "method.sampling_steps=8", "method.epochs=30"],
     "uce": ["method=uce"],
     "salun": ["method=salun"],
     "rl": ["method=rl"],

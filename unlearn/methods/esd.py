@@ -1,12 +1,14 @@
 """ESD — Erased Stable Diffusion [Gandikota et al., ICCV 2023]: fine-tune the UNet so that its prediction
 under the concept's prompt follows negative guidance away from the concept, as computed by a frozen copy.
 
-Each step: a batch of the concept's prompts c (every training template × combination, canonical word); x_t
-from partially sampling them with the frozen model (DDIM, guidance `start_guidance`) down to a random step k
-of `sampling_steps`, t the sampler's k-th timestep; target = ε*(x_t, ∅) − η·(ε*(x_t, c) − ε*(x_t, ∅)); loss
-‖ε_θ(x_t, t, c) − target‖². Needs no image. `train` picks the parameters that move (the paper's subsets):
-x = every Linear of the UNet's cross-attention (attn2), u = the UNet except attn2, x_strict = attn2.to_k/to_v.
-The text encoder never moves.
+The prompt c is the concept alone ("red"), as in the paper (ESD needs only the concept's prompt). Each step:
+`batch_size` noises; x_t from partially sampling c with the frozen model (DDIM, guidance `start_guidance`)
+down to a random step k of `sampling_steps`, t the sampler's k-th timestep; target =
+ε*(x_t, ∅) − η·(ε*(x_t, c) − ε*(x_t, ∅)); loss ‖ε_θ(x_t, t, c) − target‖². An epoch is one such step (the
+paper's iteration). `train` picks the parameters that move (the paper's subsets): x = every Linear of the
+UNet's cross-attention (attn2), u = the UNet except attn2, x_strict = attn2.to_k/to_v. The text encoder never
+moves. (Negative guidance on whole prompts such as "a red circle on black" would push away from everything
+the prompt names — shape and background too — which is why the concept's own prompt is used.)
 """
 from __future__ import annotations
 
@@ -54,22 +56,25 @@ class ESD(GradientMethod):
         for name, param in model.named_parameters():
             param.requires_grad_(name in trained and flags[name])
 
-        def objective(m: nn.Module, forget, _retain) -> torch.Tensor:
-            prompts = forget["prompt"]
+        ids = frozen.tokenize([task.request.concept, ""]).to(frozen.unet.device)
+
+        def objective(m: nn.Module, step, _retain) -> torch.Tensor:
+            n = len(step["noise"])
             with torch.no_grad():
-                cond = task.text_states(frozen, prompts)
-                uncond = task.text_states(frozen, torch.tensor([task.empty]))
+                cond, uncond = frozen.encode_text(ids).split(1)
+                cond_n = cond.expand(n, -1, -1)
                 k = int(torch.randint(0, self.sampling_steps, ()))
-                noise = torch.randn((len(prompts), *frozen.latent_shape)).to(cond.device)
-                x_t = frozen.denoise(noise, cond, uncond, self.sampling_steps, self.start_guidance, until=k)
+                noise = torch.randn((n, *frozen.latent_shape)).to(cond.device)
+                x_t = frozen.denoise(noise, cond_n, uncond, self.sampling_steps, self.start_guidance, until=k)
                 t = frozen.sampler(self.sampling_steps).timesteps[k].to(cond.device)
-                e_c = frozen(x_t, t, cond).float()
-                e_u = frozen(x_t, t, uncond.expand(len(prompts), -1, -1)).float()
+                e_c = frozen(x_t, t, cond_n).float()
+                e_u = frozen(x_t, t, uncond.expand(n, -1, -1)).float()
                 target = e_u - self.eta * (e_c - e_u)
-            prediction = m(x_t, t, task.text_states(m, prompts)).float()
+            prediction = m(x_t, t, m.encode_text(ids[:1]).expand(n, -1, -1)).float()
             return (prediction - target).pow(2).mean()
 
-        streams = Streams(forget=TensorData(prompt=task.concept_prompt_ids), mode="forget")
+        # One step per epoch: a "data set" of batch_size noise draws (the draws themselves come from torch's RNG).
+        streams = Streams(forget=TensorData(noise=torch.arange(self.batch_size)), mode="forget")
         optimise(model, objective, streams, self._optim, ctx.runtime, ctx.generator, desc=f"unlearn[esd-{self.train}]",
                  on_epoch=ctx.on_epoch)
         for name, param in model.named_parameters():
