@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unlearn.cache import content_key
+from unlearn.codehash import code_digest
 from unlearn.data.concept import ConceptForget, ConceptRequest, prompt_words, replace_word
 from unlearn.data.shapes_t2i import NOISE_TARGET
 from unlearn.data.tensordata import Batch, DataBundle, TensorData
@@ -182,7 +183,7 @@ class TextToImageTask(Task):
             raise ConfigError("the t2i task needs a concept request: forget=concept forget.concept=<word>")
         self.use_world(data, self._builder.resolve(data))
         axes = {axis: len(values) for axis, values in self.axes.items()}
-        key = content_key("t2i-judge", data=data.fingerprint(), width=self.judge_width, recipe=vars(self.judge_recipe),
+        key = content_key("t2i-judge", code=code_digest(self._train_judge), data=data.fingerprint(), width=self.judge_width, recipe=vars(self.judge_recipe),
                           seed=self.judge_seed)
         payload, _ = cache.get_or_compute(key, lambda: self._train_judge(data, axes, runtime), "judge (one head per axis)")
         log.info("judge: accuracy on real test images %s",
