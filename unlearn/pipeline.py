@@ -134,10 +134,10 @@ class Experiment:
     def data(self) -> tuple[DataBundle, str]:
         """The data set on the device and its content key (loaded once per experiment)."""
         if self._data is None:
-            # A request that adds data (RESTOR's corrupting documents) extends train before anything is keyed or trained.
+            # A request that adds data (RESTOR's corrupting documents) extends train before anything is keyed or
+            # trained; the key hashes the content, so the original's key covers the added documents.
             data = self.builder.extend(build(self.cfg.data.source), derive_seed(self.seed, "forget"))
-            data_key = content_key("data", code=code_digest(target_of(self.cfg.data.source), self.builder.extend),
-                                   content=data.fingerprint())
+            data_key = content_key("data", code=code_digest(target_of(self.cfg.data.source)), content=data.fingerprint())
             data = data.to(self.runtime.device)
             if self.runtime.channels_last:
                 for split in (data.train, data.val, data.test):
