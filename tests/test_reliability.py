@@ -40,7 +40,9 @@ NAN = float("nan")
 def test_weights_broken_by_the_last_step_raise_diverged():
     """One step whose loss (computed before the step) is finite but whose update makes the weights inf."""
     model = nn.Linear(3, 2)
-    nn.init.zeros_(model.weight)  # equal logits: the gradient is large, never a saturated zero
+    # Equal logits: a random init that already predicts class 0 saturates the softmax, its gradient underflows to 0
+    # and nothing diverges, so the outcome would hang on the RNG state the tests before left behind.
+    nn.init.zeros_(model.weight), nn.init.zeros_(model.bias)
     data = TensorData(x=torch.full((4, 3), 1e3), y=torch.zeros(4, dtype=torch.long))
     objective = lambda m, _f, r: nn.functional.cross_entropy(m(r["x"]), r["y"])  # noqa: E731
     recipe = OptimConfig(epochs=1, lr=1e38, batch_size=4, momentum=0.0, weight_decay=0.0)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
+from unlearn.attacks.base import Attack, AttackContext
 from unlearn.attribution import Attribution, Trak
 from unlearn.cache import Cache, content_key
 from unlearn.codehash import code_digest
@@ -82,6 +83,7 @@ class Experiment:
             raise ConfigError(f"eval.oracles={self.n_models} needs a per-example statistic, which the "
                               f"{self.task.kind} task does not define; use eval.oracles=1")
         self.attributor: Trak = build(cfg.attribution)
+        self.attack: Attack | None = build(cfg.attack) if cfg.get("attack") is not None else None
         self._data: tuple[DataBundle, str] | None = None
         self._forget: tuple[ForgetSet, str] | None = None
         self._attribution: Attribution | None = None
@@ -133,7 +135,9 @@ class Experiment:
     def data(self) -> tuple[DataBundle, str]:
         """The data set on the device and its content key (loaded once per experiment)."""
         if self._data is None:
-            data = build(self.cfg.data.source)
+            # A request that adds data (RESTOR's corrupting documents) extends train before anything is keyed or
+            # trained; the key hashes the content, so the original's key covers the added documents.
+            data = self.builder.extend(build(self.cfg.data.source), derive_seed(self.seed, "forget"))
             data_key = content_key("data", code=code_digest(target_of(self.cfg.data.source)), content=data.fingerprint())
             data = data.to(self.runtime.device)
             if self.runtime.channels_last:
@@ -338,15 +342,47 @@ class Experiment:
         """The task's metrics of one model, and how it differs from the oracle."""
         self.seed_stage(self.seed, "evaluate")
         metrics = self.task.evaluate(model, splits, self.runtime, int(self.cfg.eval.seed))
-        return metrics | self.task.compare_to_oracle(model, oracle, splits, self.runtime)
+        return (metrics | self.task.compare_to_oracle(model, oracle, splits, self.runtime)
+                | self.builder.evaluate(self.task, model, self.data()[0], self._forget[0], self.runtime))
 
     def evaluate_reference(self, model: nn.Module, model_key: str, art: Artifacts, splits: Splits) -> dict[str, float]:
         """Metrics of the original / the oracle: deterministic, so cached like the models themselves."""
-        key = content_key("eval", code=code_digest(self.evaluate, self.task.evaluate, self.task.compare_to_oracle), model=model_key, oracle=art.oracle_key,
+        key = content_key("eval", code=code_digest(self.evaluate, self.task.evaluate, self.task.compare_to_oracle,
+                                                    self.builder.evaluate), model=model_key, oracle=art.oracle_key,
                           forget=self._forget[1],
                           task=plain(self.cfg.data.task), eval_seed=int(self.cfg.eval.seed))
         metrics, _ = self.cache.get_or_compute(key, lambda: self.evaluate(model, art.oracle, splits), "reference metrics")
         return metrics
+
+    def attacked(self, model: nn.Module | None, model_key: str | None, art: Artifacts, splits: Splits,
+                 names: list[str]) -> dict[str, float]:
+        """The attack's metrics of one model, `<prefix>.<metric>`; NaN for a diverged model or attack. For the
+        original and the oracle (`model_key` given) they are deterministic, so cached like reference metrics."""
+        prefix = self.attack.prefix
+        failed = {f"{prefix}.{name}": float("nan") for name in names}
+        if model is None:
+            return failed
+
+        def compute() -> dict[str, float]:
+            self.seed_stage(art.model_seed, "attack")
+            ctx = AttackContext(self.task, splits.forget, splits.retain, self.runtime,
+                                self.runtime.generator(art.model_seed, "attack"))
+            try:
+                attacked = self.attack.attack(model, ctx)
+            except DivergedError as exc:
+                log.warning("attack %s diverged: %s", prefix, exc)
+                return failed
+            return {f"{prefix}.{name}": value for name, value in self.evaluate(attacked, art.oracle, splits).items()}
+
+        if model_key is None:
+            return compute()
+        key = content_key("attack-eval", code=code_digest(type(self.attack), self.attacked, self.evaluate,
+                                                          self.task.evaluate, self.task.compare_to_oracle,
+                                                          self.task.loss, self.builder.evaluate),
+                          model=model_key, oracle=art.oracle_key, forget=self._forget[1], seed=art.model_seed,
+                          attack=[type(self.attack).__qualname__, self.attack.cache_fields()],
+                          task=plain(self.cfg.data.task), eval_seed=int(self.cfg.eval.seed))
+        return self.cache.get_or_compute(key, compute, f"{prefix} attack on a reference model")[0]
 
     def population(self, first: Artifacts, first_unlearned: nn.Module, splits: Splits,
                    on_epoch: EpochCallback | None) -> dict[str, float]:
@@ -406,6 +442,16 @@ class Experiment:
         else:
             metrics = {name: float("nan") for name in oracle_metrics}
         metrics |= method_figures
+        # Metrics of the request relative to the original and the oracle (RESTOR's recovery); none for most.
+        metrics |= self.builder.relative(metrics, original_metrics, oracle_metrics)
+        original_metrics = original_metrics | self.builder.relative(original_metrics, original_metrics, oracle_metrics)
+        oracle_metrics = oracle_metrics | self.builder.relative(oracle_metrics, original_metrics, oracle_metrics)
+        # ---- attacks (DESIGN.md, "Attacks"): the same probe of θu, θo and θr, scored under its prefix ----------
+        if self.attack is not None:
+            names = list(oracle_metrics)
+            metrics |= self.attacked(unlearned if status == "ok" else None, None, art, splits, names)
+            original_metrics = original_metrics | self.attacked(art.original, art.original_key, art, splits, names)
+            oracle_metrics = oracle_metrics | self.attacked(art.oracle, art.oracle_key, art, splits, names)
         if self.pruner is not None:
             metrics["sparsity"] = sparsity(unlearned) if unlearned is not None else float("nan")
             original_metrics = original_metrics | {"sparsity": sparsity(art.original)}

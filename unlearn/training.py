@@ -138,19 +138,21 @@ class History:
 def optimise(model: nn.Module, objective: Objective, streams: Streams, config: OptimConfig, runtime: Runtime,
              generator: torch.Generator, *, augment: Callable[[Batch, torch.Generator], Batch] | None = None,
              hooks: StepHooks | None = None, desc: str = "train",
-             on_epoch: Callable[[str, int, float], None] | None = None) -> History:
-    """Run `config.epochs` epochs of `objective` over `streams`.
+             on_epoch: Callable[[str, int, float], None] | None = None, max_steps: int | None = None) -> History:
+    """Run `config.epochs` epochs of `objective` over `streams`, or exactly `max_steps` steps when given (as many
+    epochs as they need, the last one cut short: a relearning attack counts steps, not epochs).
 
     Raises DivergedError when an epoch's loss or, after the epoch's last step, any trained weight is not
     finite (the loss is computed before each step, so only the weights show what the last step did)."""
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = config.make_optimizer(trained)
     steps_per_epoch = streams.steps_per_epoch(config.batch_size)
-    total = max(config.epochs * steps_per_epoch, 1)
+    epochs = config.epochs if max_steps is None else math.ceil(max_steps / steps_per_epoch)
+    total = max(epochs * steps_per_epoch if max_steps is None else max_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: config.lr_factor(step, total))
     history, cycles = History(), {}
     model.train()
-    bar = tqdm(range(config.epochs), desc=desc, leave=False, disable=None)
+    bar = tqdm(range(epochs), desc=desc, leave=False, disable=None)
     for epoch in bar:
         running = torch.zeros((), device=runtime.device)
         n_steps = 0
@@ -170,13 +172,15 @@ def optimise(model: nn.Module, objective: Objective, streams: Streams, config: O
                 hooks.after_step(model, optimizer)
             running += loss.detach().float()
             n_steps += 1
+            if max_steps is not None and epoch * steps_per_epoch + n_steps >= max_steps:
+                break
         # One host sync per epoch: the divergence checks and the logged loss share it.
         finite = torch.stack([torch.isfinite(p).all() for p in trained]).all() if trained else running.new_ones(())
         mean_loss, weights_ok = torch.stack([running / max(n_steps, 1), finite.to(running.dtype)]).tolist()
         if not math.isfinite(mean_loss):
-            raise DivergedError(f"{desc}: loss became {mean_loss} in epoch {epoch + 1}/{config.epochs}")
+            raise DivergedError(f"{desc}: loss became {mean_loss} in epoch {epoch + 1}/{epochs}")
         if not weights_ok:
-            raise DivergedError(f"{desc}: weights became non-finite in epoch {epoch + 1}/{config.epochs}")
+            raise DivergedError(f"{desc}: weights became non-finite in epoch {epoch + 1}/{epochs}")
         history.epoch_losses.append(mean_loss)
         bar.set_postfix(loss=f"{mean_loss:.4f}")
         if on_epoch is not None:

@@ -59,6 +59,22 @@ class ForgetBuilder:
     def build(self, data: DataBundle, seed: int, reference: Optional[Reference] = None) -> ForgetSet:
         raise NotImplementedError
 
+    # A request of the "added data" kind (DESIGN.md) appends its examples to train in `extend` (so the original
+    # learns D ∪ F and the oracle, trained without F's indices, learns D) and may score what they did.
+    def extend(self, data: DataBundle, seed: int) -> DataBundle:
+        """The data the original is trained on: `data` itself, unless the request adds examples to train."""
+        return data
+
+    def evaluate(self, task: "Task", model: "nn.Module", data: DataBundle, forget: ForgetSet,
+                 runtime: "Runtime") -> dict[str, float]:
+        """Metrics of this kind of request on one model, beside the task's own (none by default)."""
+        return {}
+
+    def relative(self, metrics: dict[str, float], original: dict[str, float],
+                 oracle: dict[str, float]) -> dict[str, float]:
+        """Metrics of one model relative to the original's and the oracle's (none by default)."""
+        return {}
+
     def cache_fields(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
