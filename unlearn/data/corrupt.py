@@ -61,7 +61,7 @@ class CorruptFacts(ForgetBuilder):
         self.check(data)
         train, rng = data.train, np.random.default_rng(seed)
         groups = train["group"].cpu().numpy()
-        authors = np.unique(groups)
+        authors = np.unique(groups[groups >= 0])  # negative groups are world knowledge, never corrupted
         corrupted = np.sort(rng.choice(authors, size=max(1, round(self.fraction * len(authors))), replace=False))
         affected = np.flatnonzero(np.isin(groups, corrupted))
         wrong = rng.integers(train["perturbed_ids"].shape[1], size=len(affected))  # one false value per fact
