@@ -83,7 +83,7 @@ class S3T(Method):
 
     def __init__(self, shards: int = 2, slices: int = 4, budget: int = 2, orders: str = "cyclic",
                  retrain: str = "on_empty", rank: int = 8, lora_alpha: float = 8.0, lr: float = 2e-3,
-                 epochs: int = 5, batch_size: int = 32):
+                 epochs: int = 15, batch_size: int = 32):
         for name, value in (("shards", shards), ("slices", slices), ("budget", budget), ("epochs", epochs)):
             if int(value) != value or value < 1:
                 raise ConfigError(f"s3t needs method.{name} >= 1, got {value}")

@@ -55,6 +55,9 @@ class Sequence:
     def requests(self, experiment: Experiment) -> list[ForgetSet]:
         """The requests F1..F_steps, seeded by the run's seed; ConfigError (before training) if impossible."""
         data, _ = experiment.data()
+        if experiment.n_models > 1:
+            raise ConfigError("scenario=sequence runs one model per step; population metrics (eval.oracles > 1) "
+                              "are not computed per step, use eval.oracles=1")
         rng = np.random.default_rng(derive_seed(experiment.seed, "stream", self.kind))
         return self._class_requests(data, rng, experiment) if self.kind == "classes" else \
             self._id_requests(data, rng, experiment)
