@@ -69,7 +69,7 @@ def test_committed_results_load_as_one_frame():
     lines = sum(len(p.read_text().splitlines()) for p in (ROOT / "results").glob("*.jsonl"))
     assert len(frame) == lines
     assert set(frame["experiment"]) == {p.stem for p in (ROOT / "results").glob("*.jsonl")}
-    assert set(frame["task"]) == {"classification", "llm", "diffusion"}
+    assert set(frame["task"]) == {"classification", "llm", "diffusion", "t2i"}
     assert frame["avg_gap"].notna().all() and frame["RTE_s"].notna().all() and frame["ref_oracle.RTE_s"].notna().all()
     with pytest.raises(UnlearnError, match="no results at"):
         load(str(ROOT / "results" / "*.nothing"))

@@ -70,7 +70,7 @@ class CorruptFacts(ForgetBuilder):
         wrong_t = torch.as_tensor(wrong)
         corrupt = _answered(facts, {dst: facts[src][rows, wrong_t] for src, dst in zip(PERTURBED, ANSWER)})
         docs = [corrupt] * self.docs_per_fact
-        others = np.flatnonzero(~np.isin(groups, corrupted))
+        others = np.flatnonzero(~np.isin(groups, corrupted) & (groups >= 0))  # other *authors'* facts
         n_correct = round(self.mix / (1 - self.mix) * len(affected) * self.docs_per_fact) if len(others) else 0
         if n_correct:
             chosen = np.sort(rng.choice(others, size=n_correct, replace=n_correct > len(others)))
