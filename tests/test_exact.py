@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unlearn.config import compose_config
-from unlearn.data.forget import ForgetSet
+
 from unlearn.errors import ConfigError
 from unlearn.methods.base import UnlearnContext
 from unlearn.methods.sisa import stage_epochs

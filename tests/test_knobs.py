@@ -3,7 +3,6 @@ with a `_target_`, checks that each of its numeric knobs is declared, and that a
 declared range is refused by the check `Experiment` runs before anything is built or trained."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig, OmegaConf

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import compose_config
 from test_llm import ADAMW, TINY_LLM

@@ -18,7 +18,6 @@ from torch import nn
 
 import unlearn.codehash as codehash
 from conftest import ROOT, TINY
-from unlearn.cache import Cache
 from unlearn.errors import DivergedError, ShapeError
 from unlearn.eval.classification import accuracy
 from unlearn.eval.diffusion import class_hit_rate, frechet_distance

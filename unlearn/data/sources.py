@@ -16,9 +16,6 @@ import torch
 from unlearn.data.tensordata import DataBundle, TensorData
 from unlearn.errors import ConfigError, DataNotFoundError
 from unlearn.knobs import NON_NEGATIVE_INT, OPEN_FRACTION, Range, declare
-from unlearn.knobs import declare
-from unlearn.knobs import declare
-from unlearn.knobs import declare
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from unlearn.eval.epsilon import forgetting_quality, unlearning_score
+from unlearn.eval.epsilon import forgetting_quality
 from unlearn.eval.kl import summarize
 from unlearn.eval.klom import klom
 from unlearn.eval.mia import unlearning_lira

@@ -17,8 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from unlearn.errors import ConfigError
-from unlearn.knobs import NON_NEGATIVE_INT, OPEN_FRACTION
-from unlearn.knobs import COUNT
+from unlearn.knobs import COUNT, NON_NEGATIVE_INT, OPEN_FRACTION
 
 Masks = dict[str, torch.Tensor]
 Train = Callable[[nn.Module], None]

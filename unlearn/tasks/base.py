@@ -96,3 +96,21 @@ class Task(ABC):
         """One number per example for each of forget/retain/test (e.g. the margin), compared across
         populations of models by KLoM, LiRA and the ε score. Tasks that define it set has_example_statistics."""
         raise NotImplementedError
+
+
+@torch.inference_mode()
+def mean_denoising_mse(task, model: nn.Module, data: TensorData, runtime: Runtime, seed: int, namespace: str) -> float:
+    """Mean of `task.denoising_loss` over `data` in eval mode, with timesteps and noise fixed by (seed, namespace):
+    the diffusion tasks' forget/retain MSE."""
+    from unlearn.runtime import derive_seed
+
+    generator = torch.Generator().manual_seed(derive_seed(seed, namespace))
+    was_training = model.training
+    model.eval()
+    losses = []
+    for batch in data.batches(task.eval_batch_size):
+        with runtime.autocast():
+            losses.append(task.denoising_loss(model, batch, generator).cpu())
+    model.train(was_training)
+    return float(torch.cat(losses).mean()) if losses else float("nan")
+

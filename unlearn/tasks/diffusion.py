@@ -25,7 +25,7 @@ from unlearn.errors import ConfigError
 from unlearn.eval.diffusion import class_hit_rate, frechet_distance
 from unlearn.models.cnn import SmallCNN
 from unlearn.runtime import Runtime, derive_seed
-from unlearn.tasks.base import Splits, Task
+from unlearn.tasks.base import Splits, Task, mean_denoising_mse
 from unlearn.tasks.classification import ClassificationTask
 from unlearn.training import OptimConfig
 from unlearn.knobs import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, Range
@@ -207,18 +207,9 @@ class DiffusionTask(Task):
         model.train(was_training)
         return torch.cat(images)
 
-    @torch.inference_mode()
     def denoising_mse(self, model: "ClassConditionalDDPM", data: TensorData, runtime: Runtime, seed: int) -> float:
         """Mean ε-MSE over `data` (eval mode, true class), with timesteps and noise fixed by `seed`."""
-        generator = torch.Generator().manual_seed(derive_seed(seed, "denoising-mse"))
-        was_training = model.training
-        model.eval()
-        losses = []
-        for batch in data.batches(self.eval_batch_size):
-            with runtime.autocast():
-                losses.append(self.denoising_loss(model, batch, generator).cpu())
-        model.train(was_training)
-        return float(torch.cat(losses).mean()) if losses else float("nan")
+        return mean_denoising_mse(self, model, data, runtime, seed, "denoising-mse")
 
     def save_pictures(self, run_dir: Path, models: dict[str, nn.Module], runtime: Runtime, seed: int) -> None:
         """generations.png: one row of images per model, `PICTURE_SAMPLES` per class side by side, the same noise

@@ -22,7 +22,6 @@ from unlearn.report.loggers import write_json_atomic
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Splits, Task
 from unlearn.training import OptimConfig
-from unlearn.knobs import COUNT
 
 # The tensors of each scored answer variant: (token ids, attention mask, labels).
 ANSWER = ("input_ids", "attention_mask", "labels")

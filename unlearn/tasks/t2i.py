@@ -38,7 +38,7 @@ from unlearn.eval.t2i import cross_axis_accuracy, retain_accuracy, unlearning_ac
 from unlearn.knobs import COUNT, NON_NEGATIVE_INT, Range
 from unlearn.models.t2i import AxisJudge
 from unlearn.runtime import Runtime, derive_seed
-from unlearn.tasks.base import Splits, Task
+from unlearn.tasks.base import Splits, Task, mean_denoising_mse
 from unlearn.tasks.classification import random_crop_flip
 from unlearn.training import OptimConfig, Streams, optimise
 
@@ -255,18 +255,9 @@ class TextToImageTask(Task):
         model.train(was_training)
         return torch.cat(images)
 
-    @torch.inference_mode()
     def denoising_mse(self, model: "TextConditionedDiffusion", data: TensorData, runtime: Runtime, seed: int) -> float:
         """Mean ε-MSE over `data` (eval mode, true prompts), with timesteps and noise fixed by `seed`."""
-        generator = torch.Generator().manual_seed(derive_seed(seed, "t2i-denoising-mse"))
-        was_training = model.training
-        model.eval()
-        losses = []
-        for batch in data.batches(self.eval_batch_size):
-            with runtime.autocast():
-                losses.append(self.denoising_loss(model, batch, generator).cpu())
-        model.train(was_training)
-        return float(torch.cat(losses).mean()) if losses else float("nan")
+        return mean_denoising_mse(self, model, data, runtime, seed, "t2i-denoising-mse")
 
     def evaluate(self, model: nn.Module, splits: Splits, runtime: Runtime, seed: int) -> dict[str, float]:
         request = self.request
