@@ -34,8 +34,12 @@ class NPO(GradientMethod):
     def prepare(self, ctx, model):
         self._reference = frozen_copy(ctx.original)
 
+    def preference_term(self, ctx, model, forget):
+        """The forget term; preference methods with another preferred answer override it (IdkDPO)."""
+        return npo_loss(sequence_logprob(model, forget), reference_logprob(self._reference, forget), self.beta)
+
     def objective(self, ctx, model, forget, retain):
-        loss = npo_loss(sequence_logprob(model, forget), reference_logprob(self._reference, forget), self.beta)
+        loss = self.preference_term(ctx, model, forget)
         if retain is not None:
             loss = loss + self.alpha * ctx.task.loss(model, retain).mean()
         return loss
