@@ -1,8 +1,10 @@
 """python run.py [group=choice ...] [key=value ...]   (Hydra; -m for sweeps)"""
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from unlearn.cli import run_from_hydra
+from unlearn.cli import refuse_unknown_choices, run_from_hydra
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -11,4 +13,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    refuse_unknown_choices(sys.argv[1:])
     main()

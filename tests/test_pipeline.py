@@ -160,8 +160,11 @@ def run_cli(*args, env_extra=None, cwd=ROOT):
 
 def test_cli_unknown_method_lists_the_choices(tmp_path):
     result = run_cli("method=nope", f"results_dir={tmp_path}")
-    assert result.returncode != 0
-    assert "method" in result.stderr and "salun" in result.stderr and "graddiff" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], "one line, no Hydra traceback"
+    assert "method=nope is not a method config" in result.stderr and "salun" in result.stderr
+    sweep = run_cli("-m", "method=ft,nope", f"results_dir={tmp_path}")
+    assert sweep.returncode == 2 and "method=nope" in sweep.stderr and not any(tmp_path.rglob("*.*"))
 
 
 def test_cli_bad_ratio_is_one_clear_line_and_leaves_nothing(tmp_path):

@@ -210,3 +210,25 @@ def test_code_digests_are_the_same_in_every_process():
     digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True,
                               env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
     assert len(digests) == 1
+
+
+def test_a_missing_mandatory_value_is_one_config_error(tmp_path):
+    from unlearn.config import compose_config
+    from unlearn.errors import ConfigError
+    from unlearn.pipeline import Experiment
+
+    with pytest.raises(ConfigError, match=r"data\.root has no value and needs one \(give data\.root=\.\.\.\)"):
+        Experiment(compose_config("data=imagefolder", "data.num_classes=10", f"cache_dir={tmp_path}"))
+
+
+def test_compare_csv_has_one_header_over_mixed_settings(run_experiment, tmp_path):
+    import io
+
+    import pandas as pd
+
+    from unlearn.report.compare import compare
+
+    run_experiment("method=ga", "method.epochs=1")
+    run_experiment("method=ga", "method.epochs=1", "forget=class", "forget.classes=[3]")
+    frame = pd.read_csv(io.StringIO(compare(tmp_path / "outputs" / "table.jsonl", fmt="csv")))
+    assert len(frame) == 4 and set(frame["method"]) == {"retrain", "ga"}  # two settings, one table

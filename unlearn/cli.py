@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from unlearn.config import build
+from unlearn.config import build, check_choices
 from unlearn.errors import BadInputError, DivergedError
 from unlearn.pipeline import Experiment
 
@@ -42,3 +42,13 @@ def run_from_hydra(cfg: DictConfig) -> float:
         for lg in loggers:
             lg.finish()
     return row["avg_gap"]  # what an Optuna sweeper minimises
+
+
+def refuse_unknown_choices(argv: list[str]) -> None:
+    """`python run.py method=nosuch`: one line naming the valid choices, exit 2, before Hydra starts."""
+    try:
+        check_choices(argv)
+    except BadInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+

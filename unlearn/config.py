@@ -1,6 +1,7 @@
 """Hydra's `_target_` is the registry: a config group's choice names the class to build."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.knobs import check_knobs
@@ -49,8 +50,10 @@ def check_node(node: DictConfig) -> None:
     if target is not None:
         try:
             resolved = plain(node)
-        except MissingMandatoryValue as exc:
-            key = getattr(exc, "full_key", None) or _where(node)
+        except (MissingMandatoryValue, InterpolationToMissingValueError) as exc:
+            # The mandatory key itself (e.g. data.root), not the node that interpolates it.
+            missing = re.search(r"Missing mandatory value: ([\w.]+)", str(exc))
+            key = missing.group(1) if missing else (getattr(exc, "full_key", None) or _where(node))
             raise ConfigError(f"{key} has no value and needs one (give {key}=...)") from None
         check_knobs(target, {k: v for k, v in resolved.items() if not str(k).startswith("_")}, _where(node))
     for key in node:
@@ -78,3 +81,21 @@ def compose_config(*overrides: str) -> DictConfig:
 def plain(node: Any) -> Any:
     """A resolved, plain-Python copy of a config node (for cache keys and result rows)."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def check_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Refuse a `group=choice` override (or `group=a,b` sweep) naming no yaml of that config group, with the valid
+    choices, before Hydra composes anything (Hydra's own message is many lines and exits 1)."""
+    for arg in overrides:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        group = conf_dir / key
+        if not key or "." in key or not group.is_dir() or not value or value[0] in "[{$'\"" or "(" in value:
+            continue
+        valid = sorted(p.stem for p in group.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in valid and choice != "null":
+                raise ConfigError(f"{key}={choice} is not a {key} config; valid: {', '.join(valid)}")
+

@@ -116,16 +116,15 @@ def tables(frame: pd.DataFrame, by: str = "method", extra: Sequence[str] = EXTRA
 
 
 def render(found: list[Table], fmt: str) -> str:
-    if fmt == "csv":  # every number in its own column; settings with the same columns share one header
+    if fmt == "csv":  # every number in its own column; one header over the union of the settings' columns
         blocks = []
         for table in found:
             data = table.summary.reset_index()
             for i, (key, value) in enumerate(table.setting.items()):
                 data.insert(i, key, value)
-            block = data.to_csv(index=False, float_format="%.4f", na_rep="nan", lineterminator="\n")
-            same_columns = blocks and blocks[0].split("\n", 1)[0] == block.split("\n", 1)[0]
-            blocks.append(block.split("\n", 1)[1] if same_columns else block)
-        return "".join(blocks)
+            blocks.append(data)
+        return pd.concat(blocks, ignore_index=True, sort=False).to_csv(index=False, float_format="%.4f", na_rep="nan",
+                                                                       lineterminator="\n")
     if fmt == "latex":
         return "\n\n".join(latex(t) for t in found) + "\n"
     return "\n\n".join(
