@@ -92,7 +92,8 @@ def check_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
         group = conf_dir / key
-        if not key or "." in key or not group.is_dir() or not value or value[0] in "[{$'\"" or "(" in value:
+        # Nested groups (hydra/launcher=joblib) also take choices that installed plugins provide: left to Hydra.
+        if not key or "." in key or "/" in key or not group.is_dir() or not value or value[0] in "[{$'\"" or "(" in value:
             continue
         valid = sorted(p.stem for p in group.glob("*.yaml"))
         for choice in value.split(","):
