@@ -81,6 +81,8 @@ def test_restor_through_the_pipeline(run_experiment):
     row = run_experiment(*FACTS, *CORRUPT, *ADAMW, *METHODS["graddiff"], tiny=False)
     m, original, oracle = row["metrics"], row["reference"]["original"], row["reference"]["oracle"]
     assert row["status"] == "ok" and row["forget"]["builder"] == "corrupt"
+    # Membership scores of the documents against holdout QA items stay out of Avg. Gap; the facts' accuracy is in.
+    assert "mia_loss_auc" in m and "mia_loss_auc" not in row["gap"] and {"restor_acc", "restor_corrupt_acc"} <= set(row["gap"])
     # The corrupted original answers the affected facts with the documents' wrong values; the clean oracle does not.
     assert original["restor_corrupt_acc"] > 0.5 and oracle["restor_corrupt_acc"] == 0.0
     assert oracle["restor_acc"] > original["restor_acc"]

@@ -468,7 +468,7 @@ class Experiment:
             seed=self.seed, status=status, metrics={**metrics, "RTE_s": seconds},
             original={**original_metrics, "RTE_s": float("nan")},
             oracle={**oracle_metrics, "RTE_s": art.oracle_seconds},
-            gap_metrics=self.task.gap_metrics, command=command, config=plain(self.cfg),
+            gap_metrics=self.builder.gap_metrics(self.task.gap_metrics), command=command, config=plain(self.cfg),
             run_dir=str(run_dir) if run_dir else None,
             timings=art.timings | ({"precompute_s": self._precompute_seconds} if self._precompute_seconds else {}),
             env=self.environment(),

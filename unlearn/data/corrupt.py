@@ -41,6 +41,13 @@ class CorruptFacts(ForgetBuilder):
     name = "corrupt"
     knobs = {"fraction": Range(0, 1, low_open=True), "docs_per_fact": COUNT, "mix": Range(0, 1, high_open=True)}
 
+    def gap_metrics(self, task_gap_metrics: tuple[str, ...]) -> tuple[str, ...]:
+        """The membership attacks compare the documents with holdout question–answer items, another
+        distribution, so their scores are reported but kept out of Avg. Gap; the affected facts' accuracies (the
+        point of RESTOR) enter it instead."""
+        kept = tuple(m for m in task_gap_metrics if not m.startswith("mia_"))
+        return kept + ("restor_acc", "restor_corrupt_acc")
+
     def __init__(self, fraction: float = 0.2, docs_per_fact: int = 2, mix: float = 0.5):
         if not 0 < float(fraction) <= 1:
             raise ConfigError(f"forget.fraction (share of authors corrupted) must lie in (0, 1], got {fraction}")

@@ -78,6 +78,11 @@ class ForgetBuilder:
     def cache_fields(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
+    def gap_metrics(self, task_gap_metrics: tuple[str, ...]) -> tuple[str, ...]:
+        """The metrics whose gaps to the oracle make Avg. Gap for this request: the task's, unless the request
+        changes what some of them mean (added data)."""
+        return task_gap_metrics
+
 
 class RandomForget(ForgetBuilder):
     """A uniformly random `ratio` (or `count`) of the training examples, or of the groups if there are any."""
