@@ -35,6 +35,7 @@ from unlearn.errors import ConfigError, DivergedError
 from unlearn.knobs import COUNT, POSITIVE, OneOf, Range
 from unlearn.methods.base import Method, OriginalTrainer, UnlearnContext
 from unlearn.methods.gs_lora import check_lora_model
+from unlearn.methods.sisa import shard_plan
 from unlearn.runtime import derive_seed
 
 ORDERS = ("cyclic", "matching")
@@ -104,12 +105,7 @@ class S3T(Method):
                                      "code": trainer.key_fields["code"] + code_digest(type(self))}
 
     def _plan(self, trainer: OriginalTrainer) -> list[list[np.ndarray]]:
-        n = len(trainer.train)
-        if self.shards * self.slices > n:
-            raise ConfigError(f"s3t with {self.shards} shards × {self.slices} slices needs at least "
-                              f"{self.shards * self.slices} training examples; there are {n}")
-        order = np.random.default_rng(derive_seed(trainer.model_seed, "s3t-shards")).permutation(n)
-        return [np.array_split(np.sort(shard), self.slices) for shard in np.array_split(order, self.shards)]
+        return shard_plan(len(trainer.train), self.shards, self.slices, trainer.model_seed, self.name)
 
     def _backbone(self, trainer: OriginalTrainer) -> nn.Module:
         """cfg.model pretrained on the validation split (outside D), cached; then frozen by peft."""

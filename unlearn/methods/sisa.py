@@ -33,6 +33,16 @@ from unlearn.runtime import derive_seed
 AGGREGATES = ("vote", "mean")
 
 
+def shard_plan(n: int, shards: int, slices: int, model_seed: int, method: str) -> list[list[np.ndarray]]:
+    """Shard → slices of training indices (sorted within a shard), drawn from the model seed: fixed for the
+    model's lifetime, so a request only dirties the slices holding its examples. Shared by SISA and S3T."""
+    if shards * slices > n:
+        raise ConfigError(f"{method} with {shards} shards × {slices} slices needs at least {shards * slices} "
+                          f"training examples (one per slice); there are {n}")
+    order = np.random.default_rng(derive_seed(model_seed, f"{method}-shards")).permutation(n)
+    return [np.array_split(np.sort(shard), slices) for shard in np.array_split(order, shards)]
+
+
 class ShardEnsemble(nn.Module):
     """Shard models whose outputs are aggregated; `forward` returns log-probabilities of the aggregate, so
     softmax of the output is the ensemble's predictive distribution. Carries which training indices it has
@@ -80,13 +90,7 @@ class Sisa(Method):
 
     # ---- the sharded model --------------------------------------------------------------------
     def _plan(self, trainer: OriginalTrainer) -> list[list[np.ndarray]]:
-        """Shard → slices of training indices, drawn from the model seed (fixed for the model's lifetime)."""
-        n = len(trainer.train)
-        if self.shards * self.slices > n:
-            raise ConfigError(f"sisa with {self.shards} shards × {self.slices} slices needs at least "
-                              f"{self.shards * self.slices} training examples (one per slice); there are {n}")
-        order = np.random.default_rng(derive_seed(trainer.model_seed, "sisa-shards")).permutation(n)
-        return [np.array_split(np.sort(shard), self.slices) for shard in np.array_split(order, self.shards)]
+        return shard_plan(len(trainer.train), self.shards, self.slices, trainer.model_seed, self.name)
 
     def _stage_fields(self, trainer: OriginalTrainer) -> dict[str, Any]:
         # The stages' code: the pipeline's training code and this method's own.
