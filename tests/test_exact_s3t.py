@@ -16,7 +16,7 @@ from conftest import TINY
 
 S3T = ["model=vit_tiny", "model.hidden_size=32", "model.mlp_size=64", "model.layers=2", "model.heads=2",
        "data.train.optimizer=adamw", "data.train.lr=3e-3", "data.train.epochs=5", "method=s3t", "method.shards=2",
-       "method.slices=2", "method.budget=2", "method.epochs=2"]
+       "method.slices=2", "method.budget=2", "method.epochs=2", "data.pretrain.n=20"]
 
 
 def delete(exp: Experiment, model, forget: np.ndarray):

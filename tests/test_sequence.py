@@ -84,3 +84,24 @@ def test_h_mean_and_group_accuracy_known_values():
     assert class_group_accuracy(preds, labels, [1]) == 50.0
     assert class_group_accuracy(preds, labels, [0, 2]) == 100.0
     assert math.isnan(class_group_accuracy(preds, labels, [7]))
+
+
+def test_streams_vary_apart_from_the_model_and_oracle_can_be_skipped(run_sequence, tmp_path):
+    """scenario.stream_seed draws another stream against the same original; scenario.oracle=false trains no
+    per-step retrain (no oracle columns, no retrain rows) and refuses method=retrain, which is the oracle."""
+    a = run_sequence("method=ft", "method.epochs=1", "scenario.steps=2", "scenario.stream_seed=1", "scenario.oracle=false")
+    b = run_sequence("method=ft", "method.epochs=1", "scenario.steps=2", "scenario.stream_seed=2", "scenario.oracle=false")
+    assert [r["stream_seed"] for r in a] == [1, 1] and a[0]["seed"] == b[0]["seed"]
+    streams = []
+    for stream_seed in (1, 2):
+        cfg = compose_config(*TINY, f"cache_dir={tmp_path}", "scenario=sequence", "scenario.steps=2",
+                             f"scenario.stream_seed={stream_seed}")
+        streams.append(np.concatenate([r.indices for r in build(cfg.scenario).requests(Experiment(cfg))]))
+    assert not np.array_equal(*streams)
+    assert a[0]["reference"]["original"]["TA"] == b[0]["reference"]["original"]["TA"]  # the same original
+    assert all(r["reference"]["oracle"] == {} and not r["timings"]["oracle_cached"] for r in a + b)
+    assert all(math.isfinite(r["metrics"]["UA"]) and "kl_forget" not in r["metrics"] for r in a)
+    text = steps_table(a + b)
+    assert "| retrain" not in text and re.search(r"\| ft\s+\| 2\s+\| 2 ", text)  # two streams per step
+    with pytest.raises(ConfigError, match="scenario.oracle=true"):
+        run_sequence("method=retrain", "scenario.steps=2", "scenario.oracle=false")

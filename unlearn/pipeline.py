@@ -342,7 +342,8 @@ class Experiment:
         """The task's metrics of one model, and how it differs from the oracle."""
         self.seed_stage(self.seed, "evaluate")
         metrics = self.task.evaluate(model, splits, self.runtime, int(self.cfg.eval.seed))
-        return (metrics | self.task.compare_to_oracle(model, oracle, splits, self.runtime)
+        # No oracle (scenario.oracle=false): the metrics of the model alone.
+        return (metrics | (self.task.compare_to_oracle(model, oracle, splits, self.runtime) if oracle is not None else {})
                 | self.builder.evaluate(self.task, model, self.data()[0], self._forget[0], self.runtime))
 
     def evaluate_reference(self, model: nn.Module, model_key: str, art: Artifacts, splits: Splits) -> dict[str, float]:

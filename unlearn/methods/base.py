@@ -72,6 +72,7 @@ class Method:
 
     name: str = "method"
     supports: Sequence[str] = ALL_TASKS
+    uses_oracle: bool = False  # built from the oracle(s) (ctx.oracle / ctx.oracles), so needs them trained
 
     def check(self, task: Task) -> None:
         if task.kind not in self.supports:

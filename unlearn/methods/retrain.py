@@ -8,6 +8,7 @@ from unlearn.methods.base import Method, UnlearnContext
 
 class Retrain(Method):
     name = "retrain"
+    uses_oracle = True
 
     def unlearn(self, ctx: UnlearnContext) -> nn.Module:
         return ctx.oracle()

@@ -10,9 +10,10 @@ at their zero initialisation — deactivated. Nothing is retrained until a shard
 `retrain=on_empty` retrains that shard on what it retains and `never` drops it. Outputs (softmax) are averaged
 over the live shards.
 
-Without a public pretrained checkpoint for the bundled digits, the frozen backbone is pretrained on the
-validation split — data outside the training set D, so no deletion can ever reach it and the method stays
-exact. Every stage is cached under the hash of the retained indices it saw (as SISA's), so the original is
+Without a public pretrained checkpoint for the bundled digits, the frozen backbone is pretrained on data
+outside the training set D — the validation split, and the data config's `pretrain` set where it names one
+(printed digits rendered from fonts for `data=digits`, unlearn/data/font_digits.py) — so no deletion can ever
+reach it and the method stays exact. Every stage is cached under the hash of the retained indices it saw (as SISA's), so the original is
 built once through `build_original` and serving a shorter prefix costs no training. `run_metrics` reports the
 live shards, the mean served prefix, the shards retrained by this request and the deletion capacity so far
 (requests served before the first retrain).
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from torch import nn
 
 from unlearn.cache import content_key
 from unlearn.codehash import code_digest
+from unlearn.data.tensordata import TensorData
 from unlearn.errors import ConfigError, DivergedError
 from unlearn.knobs import COUNT, POSITIVE, OneOf, Range
 from unlearn.methods.base import Method, OriginalTrainer, UnlearnContext
@@ -84,7 +86,7 @@ class S3T(Method):
 
     def __init__(self, shards: int = 2, slices: int = 4, budget: int = 2, orders: str = "cyclic",
                  retrain: str = "on_empty", rank: int = 8, lora_alpha: float = 8.0, lr: float = 2e-3,
-                 epochs: int = 15, batch_size: int = 32):
+                 epochs: int = 15, batch_size: int = 32, backbone_data: Callable[[], TensorData] | None = None):
         for name, value in (("shards", shards), ("slices", slices), ("budget", budget), ("epochs", epochs)):
             if int(value) != value or value < 1:
                 raise ConfigError(f"s3t needs method.{name} >= 1, got {value}")
@@ -95,6 +97,7 @@ class S3T(Method):
             raise ConfigError(f"method.budget={budget} cyclic orders of {slices} slices: at most {slices} are distinct")
         self.shards, self.slices, self.budget, self.orders, self.retrain = int(shards), int(slices), int(budget), orders, retrain
         self.rank, self.lora_alpha, self.lr, self.epochs, self.batch_size = int(rank), float(lora_alpha), float(lr), int(epochs), int(batch_size)
+        self._backbone_data = backbone_data  # data.pretrain: labelled data outside D, built only when pretraining
         self._trainers: dict[int, OriginalTrainer] = {}
         self._stages: dict[str, dict[str, torch.Tensor]] = {}  # stage key → trainable weights (LoRA + head)
         self._figures: dict[str, float] = {}
@@ -108,17 +111,29 @@ class S3T(Method):
         return shard_plan(len(trainer.train), self.shards, self.slices, trainer.model_seed, self.name)
 
     def _backbone(self, trainer: OriginalTrainer) -> nn.Module:
-        """cfg.model pretrained on the validation split (outside D), cached; then frozen by peft."""
+        """cfg.model pretrained on data outside D — the validation split, plus the data config's `pretrain`
+        set where it has one — cached; then frozen by peft."""
         if len(trainer.val) == 0:
             raise ConfigError("s3t pretrains its frozen backbone on the validation split, which is empty; "
                               "set data.source.val_fraction > 0")
-        key = content_key("s3t-backbone", **(trainer.key_fields | {"code": trainer.key_fields["code"] + code_digest(type(self))}))
+        extra = code_digest(self._backbone_data) if self._backbone_data is not None else ""
+        key = content_key("s3t-backbone", **(trainer.key_fields | {"code": trainer.key_fields["code"] + code_digest(type(self)) + extra}))
 
         def pretrain() -> dict[str, Any]:
+            data = trainer.val
+            if self._backbone_data is not None:
+                outside = self._backbone_data()
+                # Match the pretraining images to the (normalised) validation split, per channel.
+                dims = (0, 2, 3)
+                x = (outside["x"] - outside["x"].mean(dims, keepdim=True)) / outside["x"].std(dims, keepdim=True)
+                x = x * trainer.val["x"].std(dims, keepdim=True) + trainer.val["x"].mean(dims, keepdim=True)
+                data = TensorData(x=torch.cat([x.to(trainer.val["x"]), trainer.val["x"]]),
+                                  y=torch.cat([outside["y"].to(trainer.val["y"]), trainer.val["y"]]))
             model = trainer.new_model("s3t-backbone")
             torch.manual_seed(derive_seed(trainer.model_seed, "s3t-backbone"))
-            trainer.task.fit(model, trainer.val, trainer.recipe, trainer.runtime,
-                             trainer.runtime.generator(trainer.model_seed, "s3t-backbone"), desc="s3t backbone (val)")
+            trainer.task.fit(model, data, trainer.recipe, trainer.runtime,
+                             trainer.runtime.generator(trainer.model_seed, "s3t-backbone"),
+                             desc=f"s3t backbone ({len(data)} examples outside D)")
             return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
         payload, _ = trainer.cache.get_or_compute(key, pretrain, "s3t backbone")

@@ -43,7 +43,7 @@ def stream_of(row: dict[str, Any]) -> str:
 def frame(rows: Sequence[dict[str, Any]], with_oracle: bool = True) -> pd.DataFrame:
     """One record per (row, role): method rows, and the step's oracle once per (step, seed) as `retrain`."""
     def oracle_id(r: dict[str, Any]) -> tuple:
-        return r["data"], r["model"], r["step"], r["seed"], stream_of(r)
+        return r["data"], r["model"], r["step"], r["seed"], r.get("stream_seed"), stream_of(r)
 
     records = []
     seen = {oracle_id(r) for r in step_rows(rows) if r["method"] == ORACLE}  # a run of method=retrain itself
@@ -51,7 +51,7 @@ def frame(rows: Sequence[dict[str, Any]], with_oracle: bool = True) -> pd.DataFr
         base = {"data": r["data"], "model": r["model"], "kind": r["forget"].get("kind"), "stream": stream_of(r),
                 "step": r["step"], "seed": r["seed"]}
         records.append(base | {"method": r["method"]} | r["metrics"])
-        if with_oracle and oracle_id(r) not in seen:
+        if with_oracle and r["reference"]["oracle"] and oracle_id(r) not in seen:  # empty: scenario.oracle=false
             seen.add(oracle_id(r))
             records.append(base | {"method": ORACLE} | r["reference"]["oracle"])
     return pd.DataFrame.from_records(records)

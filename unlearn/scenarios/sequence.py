@@ -23,7 +23,7 @@ from unlearn.data.forget import ClassForget, ForgetSet, RandomForget
 from unlearn.data.tensordata import DataBundle
 from unlearn.errors import ConfigError
 from unlearn.eval.continual import class_group_accuracy, h_mean
-from unlearn.knobs import COUNT, OneOf
+from unlearn.knobs import COUNT, OneOf, Range
 from unlearn.pipeline import Artifacts, Experiment, save_model
 from unlearn.report.loggers import Logger, write_json_atomic
 from unlearn.report.row import make_row
@@ -37,12 +37,16 @@ KINDS = ("ids", "classes")
 class Sequence:
     """`scenario=sequence`: `steps` requests of `kind` ids (each a random batch of forget.ratio / forget.count
     of the training set, drawn from what is still retained) or classes (each `classes_per_step` classes),
-    in an order drawn from the run's seed."""
+    in an order drawn from `stream_seed` (default: the run's seed). A fixed `seed` with several `stream_seed`s
+    runs many streams against the same trained models. `oracle=false` skips the per-step retrain (for exact
+    methods, whose oracle is themselves by construction): oracle-relative metrics are then absent."""
 
     name = "sequence"
-    knobs = {"steps": COUNT, "kind": OneOf(KINDS), "classes_per_step": COUNT}
+    knobs = {"steps": COUNT, "kind": OneOf(KINDS), "classes_per_step": COUNT,
+             "stream_seed": Range(0, integer=True, optional=True), "oracle": OneOf((True, False))}
 
-    def __init__(self, steps: int = 4, kind: str = "ids", classes_per_step: int = 2):
+    def __init__(self, steps: int = 4, kind: str = "ids", classes_per_step: int = 2, stream_seed: int | None = None,
+                 oracle: bool = True):
         if int(steps) != steps or steps < 1:
             raise ConfigError(f"scenario.steps must be an integer >= 1, got {steps}")
         if kind not in KINDS:
@@ -50,6 +54,7 @@ class Sequence:
         if int(classes_per_step) != classes_per_step or classes_per_step < 1:
             raise ConfigError(f"scenario.classes_per_step must be an integer >= 1, got {classes_per_step}")
         self.steps, self.kind, self.classes_per_step = int(steps), kind, int(classes_per_step)
+        self.stream_seed, self.oracle = (None if stream_seed is None else int(stream_seed)), bool(oracle)
 
     # ---- the stream ---------------------------------------------------------------------------
     def requests(self, experiment: Experiment) -> list[ForgetSet]:
@@ -58,7 +63,11 @@ class Sequence:
         if experiment.n_models > 1:
             raise ConfigError("scenario=sequence runs one model per step; population metrics (eval.oracles > 1) "
                               "are not computed per step, use eval.oracles=1")
-        rng = np.random.default_rng(derive_seed(experiment.seed, "stream", self.kind))
+        if not self.oracle and experiment.method.uses_oracle:
+            raise ConfigError(f"method={experiment.method.name} is built from the oracle, which scenario.oracle=false "
+                              f"skips; set scenario.oracle=true")
+        seed = experiment.seed if self.stream_seed is None else self.stream_seed
+        rng = np.random.default_rng(derive_seed(seed, "stream", self.kind))
         return self._class_requests(data, rng, experiment) if self.kind == "classes" else \
             self._id_requests(data, rng, experiment)
 
@@ -141,8 +150,11 @@ class Sequence:
                               test=cum.test_indices)
             experiment.set_forget(cum, key)
             t0 = time.perf_counter()
-            oracle_payload, oracle_key, oracle_cached = experiment._oracle(model_seed, masks, on_epoch)
-            oracle = experiment.model_from_state(oracle_payload)
+            if self.oracle:
+                oracle_payload, oracle_key, oracle_cached = experiment._oracle(model_seed, masks, on_epoch)
+                oracle = experiment.model_from_state(oracle_payload)
+            else:
+                oracle_payload, oracle_key, oracle_cached, oracle = {"train_seconds": float("nan")}, None, False, None
             step_timings = timings | {"oracle_s": time.perf_counter() - t0, "oracle_cached": oracle_cached}
             art = Artifacts(model_seed, model, original_key, oracle, oracle_key, oracle_payload["train_seconds"],
                             step_timings)
@@ -157,8 +169,8 @@ class Sequence:
             cumulative_oracle += oracle_payload["train_seconds"]
 
             reference = {"original": experiment.evaluate_reference(original, original_key, art, splits),
-                         "oracle": experiment.evaluate_reference(oracle, oracle_key, art, splits)}
-            for role, ref_model in (("original", original), ("oracle", oracle)):
+                         "oracle": experiment.evaluate_reference(oracle, oracle_key, art, splits) if oracle else {}}
+            for role, ref_model in (("original", original), ("oracle", oracle)) if oracle else (("original", original),):
                 reference[role] = reference[role] | self._stream_metrics(experiment, ref_model, original, oracle,
                                                                          splits, earlier, request, cum)
             if unlearned is not None:
@@ -167,10 +179,11 @@ class Sequence:
                     status = "diverged"
                 metrics |= self._stream_metrics(experiment, unlearned, before, oracle, splits, earlier, request, cum)
             else:
-                metrics = {name: float("nan") for name in reference["oracle"]}
+                metrics = {name: float("nan") for name in reference["oracle"] or reference["original"]}
             metrics |= figures | {"RTE_s": seconds, "cum_RTE_s": cumulative_rte}
             reference["original"] |= {"RTE_s": float("nan"), "cum_RTE_s": float("nan")}
-            reference["oracle"] |= {"RTE_s": oracle_payload["train_seconds"], "cum_RTE_s": cumulative_oracle}
+            if oracle is not None:
+                reference["oracle"] |= {"RTE_s": oracle_payload["train_seconds"], "cum_RTE_s": cumulative_oracle}
 
             step_dir = Path(run_dir) / f"step_{k}" if run_dir is not None else None
             row = make_row(
@@ -181,7 +194,8 @@ class Sequence:
                 oracle=reference["oracle"], gap_metrics=experiment.task.gap_metrics, command=command,
                 config=plain(cfg), run_dir=str(step_dir) if step_dir else None, timings=step_timings,
                 env=experiment.environment())
-            row |= {"scenario": self.name, "step": k, "steps": self.steps, "request": request.description}
+            row |= {"scenario": self.name, "step": k, "steps": self.steps, "request": request.description,
+                    "stream_seed": experiment.seed if self.stream_seed is None else self.stream_seed}
             if step_dir is not None:
                 write_json_atomic(step_dir / "forget_indices.json",
                                   {"request": request.indices.tolist(), "cumulative": cum.indices.tolist(),
