@@ -33,6 +33,17 @@ def test_orders():
     matched = slice_orders(4, 4, "matching", 0)
     assert sorted(o[0] for o in matched) == [0, 1, 2, 3]  # every slice goes first in one order
     assert all(sorted(o) == [0, 1, 2, 3] for o in matched)
+    # A deletion prior sends the likely-deleted slice last in every order; a uniform one changes nothing.
+    likely = slice_orders(4, 3, "matching", 0, prior=[1, 1, 1, 20])
+    assert all(o[-1] == 3 for o in likely) and len(set(likely)) == 3
+    assert slice_orders(4, 4, "matching", 0, prior=[2, 2, 2, 2]) == matched
+
+
+@pytest.mark.parametrize("prior", ["[1,1]", "[1,1,-1,1]", "[0,0,0,0]"])
+def test_deletion_prior_refused_unless_one_weight_per_slice(prior, tmp_path):
+    with pytest.raises(ConfigError, match="deletion_prior"):
+        Experiment(compose_config(*TINY, *S3T, f"cache_dir={tmp_path}", "method.slices=4", "method.orders=matching",
+                                  f"method.deletion_prior={prior}"))
 
 
 @pytest.mark.parametrize("retrain", ["on_empty", "never"])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,18 +44,24 @@ ORDERS = ("cyclic", "matching")
 RETRAIN = ("on_empty", "never")
 
 
-def slice_orders(slices: int, budget: int, kind: str, seed: int) -> list[tuple[int, ...]]:
+def slice_orders(slices: int, budget: int, kind: str, seed: int,
+                 prior: Sequence[float] | None = None) -> list[tuple[int, ...]]:
     """`budget` orders of the slices. cyclic: rotations. matching: each order a minimum-cost assignment of
-    slices to positions (scipy's linear_sum_assignment), the cost of a slice at a position being how often the
-    earlier orders already placed it at or before that position — with no deletion prior (all slices equally
-    likely), this spreads early positions over the slices; ties are broken by the seed."""
+    slices to positions (scipy's linear_sum_assignment). The cost of slice s at position p is the expected
+    number of stages a deletion would invalidate there, slices·prior[s]·(slices − p) — so slices likely to be
+    deleted go late, the paper's rule — plus how often the earlier orders already placed s at or before p,
+    which spreads the early positions over the slices across orders; ties are broken by the seed. With no
+    prior (all slices equally likely) the first term is the same for every assignment and only the spread
+    counts."""
     if kind == "cyclic":
         return [tuple((j + b) % slices for j in range(slices)) for b in range(budget)]
     rng = np.random.default_rng(seed)
+    p = np.full(slices, 1.0 / slices) if prior is None else np.asarray(prior, dtype=float) / np.sum(prior)
+    risk = slices * p[:, None] * (slices - np.arange(slices))[None, :]
     early = np.zeros((slices, slices))  # early[s, p]: orders so far with slice s at position <= p
     orders = []
     for _ in range(budget):
-        rows, cols = linear_sum_assignment(early + 1e-3 * rng.random((slices, slices)))
+        rows, cols = linear_sum_assignment(risk + early + 1e-3 * rng.random((slices, slices)))
         order = tuple(int(s) for s in rows[np.argsort(cols)])
         orders.append(order)
         for position, s in enumerate(order):
@@ -86,7 +92,8 @@ class S3T(Method):
 
     def __init__(self, shards: int = 2, slices: int = 4, budget: int = 2, orders: str = "cyclic",
                  retrain: str = "on_empty", rank: int = 8, lora_alpha: float = 8.0, lr: float = 2e-3,
-                 epochs: int = 15, batch_size: int = 32, backbone_data: Callable[[], TensorData] | None = None):
+                 epochs: int = 15, batch_size: int = 32, backbone_data: Callable[[], TensorData] | None = None,
+                 deletion_prior: Sequence[float] | None = None):
         for name, value in (("shards", shards), ("slices", slices), ("budget", budget), ("epochs", epochs)):
             if int(value) != value or value < 1:
                 raise ConfigError(f"s3t needs method.{name} >= 1, got {value}")
@@ -97,6 +104,12 @@ class S3T(Method):
             raise ConfigError(f"method.budget={budget} cyclic orders of {slices} slices: at most {slices} are distinct")
         self.shards, self.slices, self.budget, self.orders, self.retrain = int(shards), int(slices), int(budget), orders, retrain
         self.rank, self.lora_alpha, self.lr, self.epochs, self.batch_size = int(rank), float(lora_alpha), float(lr), int(epochs), int(batch_size)
+        if deletion_prior is not None:
+            deletion_prior = [float(v) for v in deletion_prior]
+            if orders != "matching" or len(deletion_prior) != slices or min(deletion_prior) < 0 or sum(deletion_prior) <= 0:
+                raise ConfigError(f"method.deletion_prior needs method.orders=matching and {slices} non-negative "
+                                  f"weights (one per slice, not all zero); got {deletion_prior} with orders={orders}")
+        self.deletion_prior = deletion_prior
         self._backbone_data = backbone_data  # data.pretrain: labelled data outside D, built only when pretraining
         self._trainers: dict[int, OriginalTrainer] = {}
         self._stages: dict[str, dict[str, torch.Tensor]] = {}  # stage key → trainable weights (LoRA + head)
@@ -106,6 +119,10 @@ class S3T(Method):
     def _fields(self, trainer: OriginalTrainer) -> dict[str, Any]:
         return trainer.key_fields | {"s3t": {k: v for k, v in self.params().items()},
                                      "code": trainer.key_fields["code"] + code_digest(type(self))}
+
+    def _orders(self, trainer: OriginalTrainer, shard: int) -> list[tuple[int, ...]]:
+        return slice_orders(self.slices, self.budget, self.orders, derive_seed(trainer.model_seed, "s3t-orders", str(shard)),
+                            self.deletion_prior)
 
     def _plan(self, trainer: OriginalTrainer) -> list[list[np.ndarray]]:
         return shard_plan(len(trainer.train), self.shards, self.slices, trainer.model_seed, self.name)
@@ -169,8 +186,7 @@ class S3T(Method):
         retained = [np.setdiff1d(sl, deleted) for sl in slices]
         keys, computed = [], 0
         template, groups = None, None
-        for b, order in enumerate(slice_orders(self.slices, self.budget, self.orders,
-                                               derive_seed(trainer.model_seed, "s3t-orders", str(shard)))):
+        for b, order in enumerate(self._orders(trainer, shard)):
             state, order_keys = None, []
             for k in range(self.slices):
                 key = content_key("s3t-stage", **fields, shard=shard, order=list(order), stage=k,
@@ -243,7 +259,7 @@ class S3T(Method):
         deleted = np.union1d(state["deleted"], np.asarray(ctx.forget_indices, dtype=np.int64))
         retrained = computed = 0
         for s, (slices, shard) in enumerate(zip(self._plan(trainer), state["shards"])):
-            orders = slice_orders(self.slices, self.budget, self.orders, derive_seed(trainer.model_seed, "s3t-orders", str(s)))
+            orders = self._orders(trainer, s)
             dirty = [j for j, sl in enumerate(slices)
                      if len(np.intersect1d(np.setdiff1d(deleted, shard["trained_without"]), sl))]
             for b, order in enumerate(orders):  # deactivate every group trained on a dirty slice
