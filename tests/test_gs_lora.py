@@ -15,7 +15,7 @@ from conftest import TINY
 # A tiny ViT learns slowly: all 1258 training digits and 25 epochs give ~86% test accuracy in ~25 s.
 VIT = ["model=vit_tiny", "model.hidden_size=32", "model.mlp_size=64", "model.layers=3", "model.heads=2",
        "data.source.limit=null", "data.train.optimizer=adamw", "data.train.lr=3e-3", "data.train.weight_decay=0.0",
-       "data.train.epochs=25", "data.train.schedule=constant"]
+       "data.train.epochs=25", "data.train.schedule=constant", "data.train.warmup_epochs=1"]
 
 
 def unlearn_class(cache, *overrides, forget_class: int = 3):
