@@ -1,6 +1,7 @@
 """scenario=sequence: one row per request, per-step oracles cached by the retained set and shared by methods."""
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -103,5 +104,11 @@ def test_streams_vary_apart_from_the_model_and_oracle_can_be_skipped(run_sequenc
     assert all(math.isfinite(r["metrics"]["UA"]) and "kl_forget" not in r["metrics"] for r in a)
     text = steps_table(a + b)
     assert "| retrain" not in text and re.search(r"\| ft\s+\| 2\s+\| 2 ", text)  # two streams per step
+    # Configurations of one method stay apart when the table is split by their parameters.
+    other = [json.loads(json.dumps(r)) for r in a]
+    for r in other:
+        r["method_params"]["epochs"] = 9
+    split = steps_table(a + other, by=["epochs"])
+    assert re.search(r"\| ft \(epochs=1\)\s+\| 2\s+\| 1 ", split) and "ft (epochs=9)" in split
     with pytest.raises(ConfigError, match="scenario.oracle=true"):
         run_sequence("method=retrain", "scenario.steps=2", "scenario.oracle=false")

@@ -40,8 +40,15 @@ def stream_of(row: dict[str, Any]) -> str:
     return f"{row['steps']} requests of {size}"
 
 
-def frame(rows: Sequence[dict[str, Any]], with_oracle: bool = True) -> pd.DataFrame:
-    """One record per (row, role): method rows, and the step's oracle once per (step, seed) as `retrain`."""
+def label(row: dict[str, Any], by: Sequence[str] = ()) -> str:
+    """The method's name, with the method parameters in `by` that it has: "s3t (budget=4)"."""
+    params = [f"{p}={row['method_params'][p]}" for p in by if p in row.get("method_params", {})]
+    return f"{row['method']} ({', '.join(params)})" if params else row["method"]
+
+
+def frame(rows: Sequence[dict[str, Any]], with_oracle: bool = True, by: Sequence[str] = ()) -> pd.DataFrame:
+    """One record per (row, role): method rows (labelled by `label`), and the step's oracle once per (step,
+    seed, stream) as `retrain`."""
     def oracle_id(r: dict[str, Any]) -> tuple:
         return r["data"], r["model"], r["step"], r["seed"], r.get("stream_seed"), stream_of(r)
 
@@ -50,16 +57,18 @@ def frame(rows: Sequence[dict[str, Any]], with_oracle: bool = True) -> pd.DataFr
     for r in step_rows(rows):
         base = {"data": r["data"], "model": r["model"], "kind": r["forget"].get("kind"), "stream": stream_of(r),
                 "step": r["step"], "seed": r["seed"]}
-        records.append(base | {"method": r["method"]} | r["metrics"])
+        records.append(base | {"method": label(r, by)} | r["metrics"])
         if with_oracle and r["reference"]["oracle"] and oracle_id(r) not in seen:  # empty: scenario.oracle=false
             seen.add(oracle_id(r))
             records.append(base | {"method": ORACLE} | r["reference"]["oracle"])
     return pd.DataFrame.from_records(records)
 
 
-def steps_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None, fmt: str = "md") -> str:
-    """Methods × steps: mean ± std over seeds of each metric, one table per (data, model, kind)."""
-    df = frame(rows)
+def steps_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None, fmt: str = "md",
+                by: Sequence[str] = ()) -> str:
+    """Methods × steps: mean ± std over seeds and streams of each metric, one table per (data, model, kind);
+    `by` names method parameters that tell configurations of one method apart."""
+    df = frame(rows, by=by)
     if df.empty:
         return ""
     out = []
@@ -81,14 +90,15 @@ def steps_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = 
     return "\n\n".join(out) + "\n"
 
 
-def plot_steps(rows: Sequence[dict[str, Any]], path: str | Path, metrics: Sequence[str] | None = None) -> Path:
+def plot_steps(rows: Sequence[dict[str, Any]], path: str | Path, metrics: Sequence[str] | None = None,
+               by: Sequence[str] = ()) -> Path:
     """Per-step curves: one panel per metric, one line per method (mean over seeds, band = ± std)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    df = frame(rows)
+    df = frame(rows, by=by)
     metrics = [m for m in (metrics or default_metrics(step_rows(rows))) if m in df.columns]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -111,7 +121,7 @@ def plot_steps(rows: Sequence[dict[str, Any]], path: str | Path, metrics: Sequen
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m unlearn.report.steps ROWS [--metrics a,b] [--out FILE.md] [--plot FILE.png]`"""
+    """`python -m unlearn.report.steps ROWS [--metrics a,b] [--by param,param] [--out FILE.md] [--plot FILE.png]`"""
     import argparse
 
     from unlearn.report.compare import load_rows
@@ -119,18 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m unlearn.report.steps")
     parser.add_argument("path")
     parser.add_argument("--metrics")
+    parser.add_argument("--by", help="method parameters that tell configurations apart, e.g. budget,orders")
     parser.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     parser.add_argument("--out")
     parser.add_argument("--plot")
     args = parser.parse_args(argv)
     rows = step_rows(load_rows(args.path))
     metrics = args.metrics.split(",") if args.metrics else None
-    text = steps_table(rows, metrics, args.format)
+    by = args.by.split(",") if args.by else ()
+    text = steps_table(rows, metrics, args.format, by)
     print(text, end="")
     if args.out:
         Path(args.out).write_text(text)
     if args.plot:
-        plot_steps(rows, args.plot, metrics)
+        plot_steps(rows, args.plot, metrics, by)
     return 0
 
 
