@@ -15,7 +15,7 @@ import pandas as pd
 from unlearn.report.tables import latex, markdown, to_csv
 
 ORACLE = "retrain"
-ID_METRICS = ("UA", "earlier_UA", "TA", "MIA", "cum_RTE_s")
+ID_METRICS = ("UA", "earlier_UA", "RA", "TA", "MIA", "RTE_s", "cum_RTE_s")
 CLASS_METRICS = ("acc_f", "acc_r", "acc_old", "h_mean", "cum_RTE_s")
 EXACT_FIGURES = ("shards_retrained", "stages_retrained", "speedup", "live_shards")
 
