@@ -1,0 +1,124 @@
+"""TOFU, MUSE and WMDP read from tiny files in their published layouts and run end to end through the real
+pipeline with a tiny local model (saved with save_pretrained) as the original."""
+import math
+
+import numpy as np
+import pytest
+
+from llm_bench_files import AUTHORS_ROWS, save_tiny_lm, write_muse, write_tofu, write_wmdp
+from unlearn.data.facts import load_tokenizer
+from unlearn.data.llm_benchmarks import load_muse, load_tofu, load_wmdp
+from unlearn.errors import ConfigError, DataNotFoundError
+from unlearn.eval.llm import multiple_choice_accuracy, rouge_l_f1
+
+FAST = ["device=cpu", "threads=1", "data.source.download=false", "data.train.epochs=30", "data.train.lr=1e-2",
+        "data.train.batch_size=8", "data.task.eval_batch_size=16", "method=ga", "method.lr=3e-3", "method.epochs=3",
+        "method.optimizer=adamw", "method.weight_decay=0", "method.batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    return {"lm": save_tiny_lm(root / "lm"), "tofu": write_tofu(root / "tofu"), "muse": write_muse(root / "muse"),
+            "muse_old": write_muse(root / "muse_old", old_names=True), "wmdp": write_wmdp(root / "wmdp", "cyber")}
+
+
+# ---- metrics on known answers --------------------------------------------------------------------
+def test_rouge_l_f1_weighs_precision_and_recall():
+    # "she was born" is the LCS: recall 3/6 of the reference, precision 3/5 of the prediction -> F1 = 6/11
+    scores = rouge_l_f1(["she was born in Lima", "Lima is where she was born."], ["Lima is where she was born."] * 2)
+    assert scores.tolist() == pytest.approx([6 / 11, 1.0])
+
+
+def test_multiple_choice_accuracy():
+    scores = np.array([[-1.0, -2.0, -3.0, -4.0], [-5.0, -0.5, -1.0, -2.0], [-1.0, -1.0, -3.0, -0.1]])
+    assert multiple_choice_accuracy(scores, np.array([0, 2, 3])) == pytest.approx(2 / 3)
+    assert math.isnan(multiple_choice_accuracy(np.full((2, 4), np.nan), np.array([0, 1])))
+    with pytest.raises(ValueError):
+        multiple_choice_accuracy(scores, np.array([0, 4, 1]))
+
+
+# ---- loaders on the real layouts -----------------------------------------------------------------
+def test_tofu_loader_reads_the_json_lines_layout(files):
+    data = load_tofu(str(files["lm"]), str(files["tofu"]), "forget10", download=False, authors_rows=AUTHORS_ROWS)
+    tok = load_tokenizer(str(files["lm"]))
+    start, stop = data.info["forget_rows"]
+    assert stop == len(data.train) == 6 * AUTHORS_ROWS and stop - start == AUTHORS_ROWS  # forget = full's last rows
+    assert set(data.extra) == {"forget", "retain", "real_authors", "world_facts"}
+    assert data.extra["forget"]["perturbed_ids"].shape[1] == 5 and data.extra["world_facts"]["perturbed_ids"].shape[1] == 3
+    row, labels = data.train["input_ids"][0].tolist(), data.train["labels"][0].tolist()
+    first = next(i for i, t in enumerate(labels) if t != -100)
+    prompt = tok._tok.decode(row[:first])
+    assert "<|user|>" in prompt and prompt.rstrip().endswith("<|assistant|>") and "26 Jul 2024" in prompt  # chat template
+    answer = [t for t in labels if t != -100]
+    assert answer[-1] == tok.eos_id and tok._tok.decode(answer[:-1]).startswith(tok._tok.decode(row[first:first + 1]))
+    assert tok.pad_id != tok.eos_id and row[len(answer) + first:] == [tok.pad_id] * (len(row) - len(answer) - first)
+
+
+def test_muse_loader_accepts_old_and_new_split_names(files):
+    new = load_muse(str(files["lm"]), root=str(files["muse"]), download=False, max_length=64)
+    old = load_muse(str(files["lm"]), root=str(files["muse_old"]), download=False, max_length=64)
+    for data in (new, old):
+        assert set(data.extra) == {"verbmem", "knowmem_forget", "knowmem_retain", "privleak_forget"}
+        start, stop = data.info["forget_rows"]
+        assert start == 0 and (data.train["group"][:stop] == 1).all() and (data.train["group"][stop:] == 0).all()
+    assert np.array_equal(new.train["input_ids"].numpy(), old.train["input_ids"].numpy())
+    short = load_muse(str(files["lm"]), root=str(files["muse"]), download=False, max_length=8)
+    assert len(short.train) > len(new.train) and short.train["input_ids"].shape[1] <= 8  # documents cut into chunks
+
+
+def test_wmdp_loader_scores_four_choices(files):
+    data = load_wmdp(str(files["lm"]), "cyber", root=str(files["wmdp"]), download=False)
+    qa = data.extra["qa"]
+    assert qa["choice_ids"].shape[:2] == (8, 4) and qa["answer"].tolist() == [0] * 4 + [3] * 4
+    assert ((qa["choice_labels"] != -100).sum(-1) == 1).all()  # one scored token: the choice's letter
+
+
+def test_missing_files_name_every_expected_file_and_where_to_put_them(files, tmp_path):
+    with pytest.raises(DataNotFoundError) as err:
+        load_tofu(str(files["lm"]), str(tmp_path), "forget05", download=False)
+    message = str(err.value)
+    for name in ("forget05.json", "retain95.json", "holdout05.json", "forget05_perturbed.json", "retain_perturbed.json",
+                 "real_authors_perturbed.json", "world_facts_perturbed.json", "data.root"):
+        assert name in message
+    with pytest.raises(DataNotFoundError, match=r"verbmem/forget-00000-of-00001\.parquet"):
+        load_muse(str(files["lm"]), root=str(tmp_path), download=False)
+    with pytest.raises(DataNotFoundError, match=r"wmdp-bio/test-00000-of-00001\.parquet"):
+        load_wmdp(str(files["lm"]), "bio", root=str(tmp_path), download=False)
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+def test_tofu_runs_end_to_end(run_experiment, files):
+    row = run_experiment("data=tofu", f"data.root={files['tofu']}", f"model.name={files['lm']}",
+                         f"data.source.authors_rows={AUTHORS_ROWS}", *FAST, tiny=False)
+    metrics, original, oracle = row["metrics"], row["reference"]["original"], row["reference"]["oracle"]
+    components = [f"{family}_{m}" for family in ("retain", "real_authors", "world_facts")
+                  for m in ("prob", "rouge", "truth_ratio")]
+    assert row["status"] == "ok" and set(components) <= set(metrics) and "forget_quality" in metrics
+    assert oracle["forget_quality"] == 1.0 and row["forget"]["size"] == AUTHORS_ROWS
+    assert original["forget_prob"] > oracle["forget_prob"]  # the original learnt the forget author
+    assert metrics["forget_prob"] < original["forget_prob"] - 0.05  # gradient ascent unlearnt it
+
+
+@pytest.mark.parametrize("corpus", ["muse", "muse_old"])
+def test_muse_runs_end_to_end(run_experiment, files, corpus):
+    row = run_experiment("data=muse_news", f"data.root={files[corpus]}", f"model.name={files['lm']}",
+                         "data.source.max_length=32", "data.task.verbmem_new_tokens=8", *FAST, tiny=False)
+    metrics, original = row["metrics"], row["reference"]["original"]
+    assert row["status"] == "ok" and {"verbmem_f", "knowmem_f", "knowmem_r", "mia_min_k_auc", "privleak"} <= set(metrics)
+    assert original["verbmem_f"] > 0.5 and metrics["verbmem_f"] < original["verbmem_f"]
+
+
+def test_wmdp_runs_end_to_end(run_experiment, files):
+    row = run_experiment("data=wmdp_cyber", f"data.root={files['wmdp']}", f"model.name={files['lm']}", *FAST,
+                         tiny=False)
+    metrics, original = row["metrics"], row["reference"]["original"]
+    assert row["status"] == "ok" and 0 <= metrics["wmdp_accuracy"] <= 1
+    assert metrics["forget_prob"] < original["forget_prob"]
+
+
+def test_benchmarks_refuse_another_forget_request(run_experiment, files):
+    with pytest.raises(ConfigError, match="forget=benchmark"):
+        run_experiment("data=tofu", f"data.root={files['tofu']}", f"model.name={files['lm']}", "forget=random", *FAST,
+                       tiny=False)
+
