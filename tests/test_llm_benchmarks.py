@@ -122,3 +122,83 @@ def test_benchmarks_refuse_another_forget_request(run_experiment, files):
         run_experiment("data=tofu", f"data.root={files['tofu']}", f"model.name={files['lm']}", "forget=random", *FAST,
                        tiny=False)
 
+
+
+# ---- published originals and oracles (original.path, oracle.path) -------------------------------
+@pytest.fixture(scope="module")
+def published(files, tmp_path_factory):
+    """An original (trained on TOFU's full set by a first run) and an oracle (trained on retain), as a
+    benchmark publishes them: folders saved with save_pretrained, with their tokenizer."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("published")
+    out = {}
+    for role, seed in (("original", 0), ("oracle", 1), ("other_arch", 2)):
+        out[role] = save_tiny_lm(root / role, seed=seed, hidden_size=48 if role == "other_arch" else 32)
+    out["other_tokenizer"] = save_tiny_lm(root / "other_tokenizer", seed=3, chat=False)
+    shutil.copytree(out["original"], root / "copy")
+    out["copy"] = root / "copy"
+    return out
+
+
+TOFU = lambda files: ["data=tofu", f"data.root={files['tofu']}", f"model.name={files['lm']}",  # noqa: E731
+                      f"data.source.authors_rows={AUTHORS_ROWS}", *FAST]
+
+
+def test_tofu_loads_the_published_original_and_oracle_instead_of_training(run_experiment, files, published, tmp_path):
+    row = run_experiment(*TOFU(files), f"original.path={published['original']}", f"oracle.path={published['oracle']}",
+                         f"cache_dir={tmp_path / 'cache'}", tiny=False)
+    original, oracle, metrics = row["reference"]["original"], row["reference"]["oracle"], row["metrics"]
+    assert row["status"] == "ok" and row["timings"]["original_cached"] and row["timings"]["oracle_cached"]
+    assert math.isnan(oracle["RTE_s"])  # nothing was trained
+    assert not any(p.name.startswith(("original-", "oracle-")) for p in (tmp_path / "cache").rglob("*"))
+    assert oracle["forget_quality"] == 1.0 and original["forget_quality"] < 1.0  # against the loaded oracle
+    assert metrics["forget_prob"] < original["forget_prob"]  # the method ran on the loaded original
+    # the same checkpoint gives the same numbers; the seed-1 oracle is not the seed-0 original
+    from unlearn.config import build
+    from unlearn.models.llm import causal_lm_from_checkpoint
+    from unlearn.runtime import Runtime
+    from unlearn.tasks.llm import ANSWER
+
+    data = load_tofu(str(files["lm"]), str(files["tofu"]), download=False, authors_rows=AUTHORS_ROWS)
+    task = build(__import__("conftest").compose_config(*TOFU(files)).data.task)
+    start, stop = data.info["forget_rows"]
+    nll = task.nll(causal_lm_from_checkpoint(str(published["original"])), data.train.subset(np.arange(start, stop)),
+                   ANSWER, Runtime.from_config("cpu"))
+    assert original["forget_prob"] == pytest.approx(float(np.mean(np.exp(-nll))), rel=1e-5)
+
+
+def test_published_checkpoints_are_keyed_by_identity(published, tmp_path):
+    from unlearn.models.checkpoints import resolve
+
+    a, b = resolve("original", str(published["original"])), resolve("original", str(published["copy"]))
+    assert a.identity["files"] == b.identity["files"]  # same files, same hashes
+    assert resolve("oracle", str(published["oracle"])).identity["files"] != a.identity["files"]
+
+
+@pytest.mark.parametrize("bad,match", [("missing", "neither a file or folder"), ("other_arch", "weights do not match"),
+                                       ("other_tokenizer", "tokenizer")])
+def test_bad_published_models_are_refused_before_training(run_experiment, files, published, tmp_path, bad, match):
+    oracle = tmp_path / "nothing-here" if bad == "missing" else published[bad]
+    with pytest.raises(ConfigError, match=match):
+        run_experiment(*TOFU(files), f"original.path={published['original']}", f"oracle.path={oracle}",
+                       f"cache_dir={tmp_path / 'cache'}", tiny=False)
+    assert not (tmp_path / "outputs").exists() and not list((tmp_path / "cache").rglob("original-*"))
+
+
+def test_classifier_original_from_a_state_dict(run_experiment, tmp_path):
+    import torch
+
+    from conftest import compose_config
+    from unlearn.config import build
+
+    torch.manual_seed(0)
+    model = build(compose_config("data=digits").model)
+    torch.save(model.state_dict(), tmp_path / "original.pt")
+    row = run_experiment(f"original.path={tmp_path / 'original.pt'}", "method=ga", "method.epochs=1")
+    assert row["status"] == "ok" and row["timings"]["original_cached"]
+    assert row["reference"]["original"]["TA"] < 30  # the untrained weights that were loaded, not a trained model
+    bad = {k: v[..., :1] if v.dim() else v for k, v in model.state_dict().items()}
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match="does not fit the configured model"):
+        run_experiment(f"original.path={tmp_path / 'bad.pt'}", "method=ga", "method.epochs=1")

@@ -31,6 +31,7 @@ from unlearn.errors import ConfigError, DivergedError
 from unlearn.knobs import check_knobs
 from unlearn.eval.population import population_metric_names, population_metrics
 from unlearn.methods.base import Method, OriginalTrainer, UnlearnContext
+from unlearn.models import checkpoints
 from unlearn.models.pruning import Pruner, apply_masks, masks_of, plain_state_dict, sparsity
 from unlearn.report.loggers import Logger, record_row, write_json_atomic
 from unlearn.report.row import environment, make_row, summary_table
@@ -92,6 +93,10 @@ class Experiment:
         self._building_seconds = 0.0
         self._precompute_seconds: dict[str, float] = {}
         self._training_code: str | None = None
+        # Published originals / oracles (original.path, oracle.path): found and hashed now, loaded when first used.
+        self.checkpoints = {role: checkpoints.resolve(role, str(cfg[role].path), cfg[role].get("revision"))
+                            for role in checkpoints.ROLES if cfg.get(role) is not None and cfg[role].get("path")}
+        self._published: dict[str, tuple[nn.Module, str]] = {}
 
     # ---- models -------------------------------------------------------------------------------
     def new_model(self, model_seed: int, stage: str) -> nn.Module:
@@ -215,6 +220,7 @@ class Experiment:
         t0 = time.perf_counter()
         data, _ = self.data()
         timings["data_s"] = time.perf_counter() - t0
+        self.check_published()
 
         t0 = time.perf_counter()
         original, original_key, original_payload, cached = self.original_model(model_seed, on_epoch)
@@ -224,19 +230,45 @@ class Experiment:
         timings.update(forget_s=time.perf_counter() - t0, forget_cached=cached)
 
         t0 = time.perf_counter()
-        payload, oracle_key, cached = self._oracle(model_seed, original_payload.get("masks"), on_epoch)
-        oracle = self.model_from_state(payload)
+        if self.published("oracle") is not None:
+            (oracle, oracle_key), payload, cached = self.published("oracle"), {"train_seconds": float("nan")}, True
+        else:
+            payload, oracle_key, cached = self._oracle(model_seed, original_payload.get("masks"), on_epoch)
+            oracle = self.model_from_state(payload)
         timings.update(oracle_s=time.perf_counter() - t0, oracle_cached=cached)
         return Artifacts(model_seed, original, original_key, oracle, oracle_key, payload["train_seconds"], timings)
 
     def original_model(self, model_seed: int, on_epoch=None) -> tuple[nn.Module, str, dict[str, Any], bool]:
         """(θo, its key, its payload, cached): the method's own original where it builds one (exact methods,
         Method.build_original), else the pipeline's."""
+        if self.published("original") is not None:
+            model, key = self.published("original")
+            return model, key, {}, True
         owned = self.method.build_original(self.original_trainer(model_seed, on_epoch))
         if owned is not None:
             return owned[0], owned[1], {}, False
         payload, key, cached = self._original(model_seed, on_epoch)
         return self.model_from_state(payload), key, payload, cached
+
+    def published(self, role: str) -> tuple[nn.Module, str] | None:
+        """(model, cache key) of a published original or oracle (`<role>.path`), loaded once; None if not given.
+        The key is the checkpoint's identity (path or hub id + revision + file hashes)."""
+        if role not in self.checkpoints:
+            return None
+        if role not in self._published:
+            found = self.checkpoints[role]
+            model = checkpoints.load(found, target_of(self.cfg.model), lambda: build(self.cfg.model))
+            key = content_key(role, code=code_digest(checkpoints.load), checkpoint=found.identity)
+            self._published[role] = self.runtime.place(model), key
+        return self._published[role]
+
+    def check_published(self) -> None:
+        """A published oracle must have the original's architecture and tokenizer (ConfigError before training)."""
+        if "oracle" not in self.checkpoints:
+            return
+        original = self.published("original")[0] if "original" in self.checkpoints else self.new_model(self.seed, "check")
+        tokenizer = self.checkpoints["original"].local if "original" in self.checkpoints else self.cfg.data.get("tokenizer")
+        checkpoints.check_pair(original, self.published("oracle")[0], tokenizer, self.checkpoints["oracle"].local)
 
     def original_trainer(self, model_seed: int, on_epoch=None) -> OriginalTrainer:
         data, _ = self.data()

@@ -38,3 +38,13 @@ def pretrained_causal_lm(name: str, revision: str | None = None, local_files_onl
 
 tiny_llama.knobs = {"vocab_size": COUNT, "hidden_size": COUNT, "num_layers": COUNT, "num_heads": COUNT,
                     "intermediate_size": COUNT, "max_positions": COUNT}
+
+
+def causal_lm_from_checkpoint(path: str) -> nn.Module:
+    """A published causal LM (original.path / oracle.path): `from_pretrained` of its folder."""
+    return pretrained_causal_lm(path, local_files_only=True)
+
+
+# Published originals and oracles of any causal-LM config load through from_pretrained (unlearn/models/checkpoints.py).
+tiny_llama.from_checkpoint = causal_lm_from_checkpoint
+pretrained_causal_lm.from_checkpoint = causal_lm_from_checkpoint
