@@ -202,3 +202,101 @@ def test_classifier_original_from_a_state_dict(run_experiment, tmp_path):
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(ConfigError, match="does not fit the configured model"):
         run_experiment(f"original.path={tmp_path / 'bad.pt'}", "method=ga", "method.epochs=1")
+
+
+# ---- LoRA and gradient checkpointing -------------------------------------------------------------
+def _lora_unlearn(checkpointing: bool):
+    """GA with LoRA rank 4 on a tiny Llama through GradientMethod.unlearn: (original, unlearned)."""
+    import copy
+
+    import torch
+
+    from unlearn.data.facts import load_facts
+    from unlearn.methods.ga import GradientAscent
+    from unlearn.methods.base import UnlearnContext
+    from unlearn.models.llm import tiny_llama
+    from unlearn.runtime import Runtime
+    from unlearn.tasks.llm import LanguageModelTask
+
+    torch.manual_seed(0)
+    original = tiny_llama(259, hidden_size=32, intermediate_size=64, num_layers=2)
+    data = load_facts(n_authors=3, facts_per_author=2, val_authors=1, test_authors=1, world_facts=2)
+    method = GradientAscent(lr=1e-2, epochs=2, batch_size=4, optimizer="adamw", weight_decay=0.0)
+    method.check_model({"lora": {"_target_": "unlearn.models.lora.LoraSettings", "r": 4},
+                        "gradient_checkpointing": checkpointing})
+    runtime = Runtime.from_config("cpu")
+    ctx = UnlearnContext(task=LanguageModelTask(), original=copy.deepcopy(original), forget=data.train.subset(np.arange(4)),
+                         retain=data.train.subset(np.arange(4, 8)), runtime=runtime,
+                         generator=torch.Generator().manual_seed(0), oracle=lambda: None, oracle_seconds=0.0)
+    return original, method.unlearn(ctx)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_lora_trains_only_the_adapters(checkpointing, tmp_path):
+    import torch
+
+    original, unlearned = _lora_unlearn(checkpointing)
+    assert unlearned.base_model.model.model.gradient_checkpointing == checkpointing  # the switch reached the model
+    before = original.state_dict()
+    changed_adapters = 0
+    for name, value in unlearned.state_dict().items():
+        if "lora_B" in name:  # B starts at zero: any change is training
+            changed_adapters += int(value.abs().sum() > 0)
+        elif "lora_" not in name:
+            base = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(value, before[base]), f"{base} changed"  # every original weight is frozen
+    assert changed_adapters > 0  # adapters trained, also under reentrant checkpointing (enable_input_require_grads)
+    unlearned.save_pretrained(tmp_path / "adapter")
+    saved = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert "adapter_config.json" in saved and "adapter_model.safetensors" in saved and "model.safetensors" not in saved
+
+
+def test_the_checkpointing_trap_is_real():
+    """What prepare_for_training guards against: reentrant checkpointing with the embedding output not requiring a
+    gradient leaves the adapters without one; prepare_for_training restores the hook."""
+    import torch
+
+    from unlearn.models.llm import tiny_llama
+    from unlearn.models.lora import LoraSettings, prepare_for_training
+
+    def adapter_grads(model):
+        model.train()
+        ids = torch.randint(0, 259, (2, 8))
+        model(input_ids=ids, labels=ids).loss.backward()
+        return [p.grad for n, p in model.named_parameters() if "lora_B" in n]  # A gets none while B = 0
+
+    torch.manual_seed(0)
+    trapped = LoraSettings(r=4).wrap(tiny_llama(259, hidden_size=32, intermediate_size=64, num_layers=2))
+    trapped.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    trapped.base_model.model.disable_input_require_grads()  # transformers and peft add the hook; without it:
+    with pytest.raises(RuntimeError, match="does not require grad"):  # no gradient reaches any adapter
+        adapter_grads(trapped)
+    guarded = tiny_llama(259, hidden_size=32, intermediate_size=64, num_layers=2)
+    guarded.disable_input_require_grads()
+    guarded = prepare_for_training(guarded, LoraSettings(r=4), gradient_checkpointing=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in adapter_grads(guarded))
+
+
+def test_lora_rank_must_be_positive_and_masks_or_rmu_refuse_it():
+    from unlearn.methods.ga import GradientAscent
+    from unlearn.methods.rmu import RMU
+    from unlearn.models.lora import LoraSettings
+
+    with pytest.raises(ConfigError, match="model.lora.r"):
+        LoraSettings(r=0)
+    lora = {"lora": {"r": 4}}
+    with pytest.raises(ConfigError, match="mask"):
+        GradientAscent(lr=1e-3, epochs=1, mask="saliency").check_model(lora)
+    with pytest.raises(ConfigError, match="LoRA"):
+        RMU(lr=1e-3, epochs=1, layer=0).check_model({**lora, "num_layers": 2})
+
+
+def test_tofu_with_lora_saves_the_adapter(run_experiment, files, tmp_path):
+    row = run_experiment(*TOFU(files), "model.lora.r=4", "method.lr=3e-2", tiny=False)
+    assert row["status"] == "ok" and row["metrics"]["forget_prob"] < row["reference"]["original"]["forget_prob"]
+    from pathlib import Path
+
+    saved = {p.name for p in (Path(row["run_dir"]) / "model").iterdir()}
+    assert "adapter_config.json" in saved and "model.safetensors" not in saved
+    with pytest.raises(ConfigError, match=r"model.lora.r=-1"):
+        run_experiment(*TOFU(files), "model.lora.r=-1", tiny=False)

@@ -161,7 +161,9 @@ class Experiment:
         if self._training_code is None:
             self._training_code = code_digest(self.task.fit, self.task.loss, self.task.augment, target_of(self.cfg.model),
                                               self._train, Runtime)
-        return dict(data=self.data()[1], model=self.model_config, task=plain(self.cfg.data.task),
+        # LoRA (model.lora) shapes only the unlearning copy: the original and the oracle train every weight.
+        model = {k: v for k, v in self.model_config.items() if k != "lora"}
+        return dict(data=self.data()[1], model=model, task=plain(self.cfg.data.task),
                     recipe=vars(self.recipe), seed=model_seed, precision=self.runtime.precision,
                     code=self._training_code)
 
