@@ -441,7 +441,9 @@ class Experiment:
         return environment(str(self.runtime.device), getattr(self.method, "batch_size", None))
 
     def record(self, row: dict[str, Any], run_dir: Path | None, loggers: list[Logger]) -> None:
-        """The local record (result.json and the table row), then the extra sinks."""
+        """The local record (result.json and the table row), then the extra sinks; by one process only."""
+        if not self.runtime.is_main:  # data-parallel: rank 0 records the row the processes share
+            return
         record_row(row, run_dir, Path(self.cfg.table_path))
         for lg in loggers:
             try:
@@ -507,7 +509,7 @@ class Experiment:
             timings=art.timings | ({"precompute_s": self._precompute_seconds} if self._precompute_seconds else {}),
             env=self.environment(),
         )
-        if run_dir is not None:
+        if run_dir is not None and self.runtime.is_main:
             # The forget set itself, so it can be reused (forget=from_file) or published.
             write_json_atomic(Path(run_dir) / "forget_indices.json",
                               {"indices": forget.indices.tolist(),
@@ -519,7 +521,8 @@ class Experiment:
                 self.task.save_pictures(Path(run_dir), {"original": art.original, "retrain (oracle)": art.oracle,
                                                         self.method.name: unlearned}, self.runtime, int(self.cfg.eval.seed))
         self.record(row, run_dir, loggers)
-        print("\n" + summary_table(row) + "\n", flush=True)
+        if self.runtime.is_main:
+            print("\n" + summary_table(row) + "\n", flush=True)
         return row
 
 

@@ -185,7 +185,7 @@ class GradientMethod(Method):
                           retain=ctx.retain if self.uses_retain else None, mode=self.stream)
         optimise(model, lambda m, f, r: self.objective(ctx, m, f, r), streams, self._optim, ctx.runtime, ctx.generator,
                  augment=ctx.task.augment, hooks=_MaskedHooks(self, self._frozen), desc=f"unlearn[{self.name}]",
-                 on_epoch=ctx.on_epoch)
+                 on_epoch=ctx.on_epoch, data_parallel=True)
         return model
 
     def reported_seconds(self, measured: float, ctx: UnlearnContext) -> float:
