@@ -23,8 +23,8 @@ def _choices(group: str) -> list[str]:
 
 def _compose(group: str, choice: str):
     """The config with this choice, beside a data set it fits (a model may read data.* interpolations), with
-    stand-ins for mandatory paths (data=imagefolder needs data.root and data.num_classes)."""
-    stand_ins = ["++data.root=/nonexistent", "++data.num_classes=10"]
+    stand-ins for mandatory paths (data=imagefolder needs data.root and data.num_classes, data=tofu model.name)."""
+    stand_ins = ["++data.root=/nonexistent", "++data.num_classes=10", "++model.name=/nonexistent"]
     for data in [None, *_choices("data")]:
         for extra in ([], stand_ins):
             cfg = compose_config(f"{group}={choice}", *([f"data={data}"] if data and group != "data" else []), *extra)

@@ -79,7 +79,8 @@ def test_pretrained_tokenizer_from_a_local_folder(tmp_path):
     folder = save_word_tokenizer(tmp_path)
     tok = load_tokenizer(str(folder))
     ids = tok.encode("Lima is where she was born.")
-    assert tok.decode(ids) == "Lima is where she was born." and tok.pad_id == tok.eos_id  # no pad token: eos pads
+    assert tok.decode(ids) == "Lima is where she was born."
+    assert tok.pad_id == tok._tok.unk_token_id != tok.eos_id  # no pad token: unk pads, so pad never reads as eos
     with pytest.raises(ConfigError, match="tokenizer"):
         load_tokenizer(str(tmp_path / "missing"))
 

@@ -28,6 +28,9 @@ def run_from_hydra(cfg: DictConfig) -> float:
         scenario = build(cfg.scenario)  # single: experiment.run; sequence: one row per request
         row = scenario.run(experiment, run_dir=run_dir, loggers=loggers, labels=dict(hydra_cfg.runtime.choices),
                            command=command)
+        # Data-parallel: only rank 0's run dir holds the run; another rank's (a later timestamp) goes.
+        if experiment.runtime.from_main(str(run_dir)) != str(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
     except BadInputError as exc:
         # Bad input: one clear line, and no run folder left behind.
         shutil.rmtree(run_dir, ignore_errors=True)

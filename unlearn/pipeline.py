@@ -31,6 +31,7 @@ from unlearn.errors import ConfigError, DivergedError
 from unlearn.knobs import check_knobs
 from unlearn.eval.population import population_metric_names, population_metrics
 from unlearn.methods.base import Method, OriginalTrainer, UnlearnContext
+from unlearn.models import checkpoints
 from unlearn.models.pruning import Pruner, apply_masks, masks_of, plain_state_dict, sparsity
 from unlearn.report.loggers import Logger, record_row, write_json_atomic
 from unlearn.report.row import environment, make_row, summary_table
@@ -92,6 +93,10 @@ class Experiment:
         self._building_seconds = 0.0
         self._precompute_seconds: dict[str, float] = {}
         self._training_code: str | None = None
+        # Published originals / oracles (original.path, oracle.path): found and hashed now, loaded when first used.
+        self.checkpoints = {role: checkpoints.resolve(role, str(cfg[role].path), cfg[role].get("revision"))
+                            for role in checkpoints.ROLES if cfg.get(role) is not None and cfg[role].get("path")}
+        self._published: dict[str, tuple[nn.Module, str]] = {}
 
     # ---- models -------------------------------------------------------------------------------
     def new_model(self, model_seed: int, stage: str) -> nn.Module:
@@ -156,7 +161,9 @@ class Experiment:
         if self._training_code is None:
             self._training_code = code_digest(self.task.fit, self.task.loss, self.task.augment, target_of(self.cfg.model),
                                               self._train, Runtime)
-        return dict(data=self.data()[1], model=self.model_config, task=plain(self.cfg.data.task),
+        # LoRA (model.lora) shapes only the unlearning copy: the original and the oracle train every weight.
+        model = {k: v for k, v in self.model_config.items() if k != "lora"}
+        return dict(data=self.data()[1], model=model, task=plain(self.cfg.data.task),
                     recipe=vars(self.recipe), seed=model_seed, precision=self.runtime.precision,
                     code=self._training_code)
 
@@ -215,6 +222,7 @@ class Experiment:
         t0 = time.perf_counter()
         data, _ = self.data()
         timings["data_s"] = time.perf_counter() - t0
+        self.check_published()
 
         t0 = time.perf_counter()
         original, original_key, original_payload, cached = self.original_model(model_seed, on_epoch)
@@ -224,19 +232,45 @@ class Experiment:
         timings.update(forget_s=time.perf_counter() - t0, forget_cached=cached)
 
         t0 = time.perf_counter()
-        payload, oracle_key, cached = self._oracle(model_seed, original_payload.get("masks"), on_epoch)
-        oracle = self.model_from_state(payload)
+        if self.published("oracle") is not None:
+            (oracle, oracle_key), payload, cached = self.published("oracle"), {"train_seconds": float("nan")}, True
+        else:
+            payload, oracle_key, cached = self._oracle(model_seed, original_payload.get("masks"), on_epoch)
+            oracle = self.model_from_state(payload)
         timings.update(oracle_s=time.perf_counter() - t0, oracle_cached=cached)
         return Artifacts(model_seed, original, original_key, oracle, oracle_key, payload["train_seconds"], timings)
 
     def original_model(self, model_seed: int, on_epoch=None) -> tuple[nn.Module, str, dict[str, Any], bool]:
         """(θo, its key, its payload, cached): the method's own original where it builds one (exact methods,
         Method.build_original), else the pipeline's."""
+        if self.published("original") is not None:
+            model, key = self.published("original")
+            return model, key, {}, True
         owned = self.method.build_original(self.original_trainer(model_seed, on_epoch))
         if owned is not None:
             return owned[0], owned[1], {}, False
         payload, key, cached = self._original(model_seed, on_epoch)
         return self.model_from_state(payload), key, payload, cached
+
+    def published(self, role: str) -> tuple[nn.Module, str] | None:
+        """(model, cache key) of a published original or oracle (`<role>.path`), loaded once; None if not given.
+        The key is the checkpoint's identity (path or hub id + revision + file hashes)."""
+        if role not in self.checkpoints:
+            return None
+        if role not in self._published:
+            found = self.checkpoints[role]
+            model = checkpoints.load(found, target_of(self.cfg.model), lambda: build(self.cfg.model))
+            key = content_key(role, code=code_digest(checkpoints.load), checkpoint=found.identity)
+            self._published[role] = self.runtime.place(model), key
+        return self._published[role]
+
+    def check_published(self) -> None:
+        """A published oracle must have the original's architecture and tokenizer (ConfigError before training)."""
+        if "oracle" not in self.checkpoints:
+            return
+        original = self.published("original")[0] if "original" in self.checkpoints else self.new_model(self.seed, "check")
+        tokenizer = self.checkpoints["original"].local if "original" in self.checkpoints else self.cfg.data.get("tokenizer")
+        checkpoints.check_pair(original, self.published("oracle")[0], tokenizer, self.checkpoints["oracle"].local)
 
     def original_trainer(self, model_seed: int, on_epoch=None) -> OriginalTrainer:
         data, _ = self.data()
@@ -408,7 +442,9 @@ class Experiment:
         return environment(str(self.runtime.device), getattr(self.method, "batch_size", None))
 
     def record(self, row: dict[str, Any], run_dir: Path | None, loggers: list[Logger]) -> None:
-        """The local record (result.json and the table row), then the extra sinks."""
+        """The local record (result.json and the table row), then the extra sinks; by one process only."""
+        if not self.runtime.is_main:  # data-parallel: rank 0 records the row the processes share
+            return
         record_row(row, run_dir, Path(self.cfg.table_path))
         for lg in loggers:
             try:
@@ -474,7 +510,7 @@ class Experiment:
             timings=art.timings | ({"precompute_s": self._precompute_seconds} if self._precompute_seconds else {}),
             env=self.environment(),
         )
-        if run_dir is not None:
+        if run_dir is not None and self.runtime.is_main:
             # The forget set itself, so it can be reused (forget=from_file) or published.
             write_json_atomic(Path(run_dir) / "forget_indices.json",
                               {"indices": forget.indices.tolist(),
@@ -486,7 +522,8 @@ class Experiment:
                 self.task.save_pictures(Path(run_dir), {"original": art.original, "retrain (oracle)": art.oracle,
                                                         self.method.name: unlearned}, self.runtime, int(self.cfg.eval.seed))
         self.record(row, run_dir, loggers)
-        print("\n" + summary_table(row) + "\n", flush=True)
+        if self.runtime.is_main:
+            print("\n" + summary_table(row) + "\n", flush=True)
         return row
 
 

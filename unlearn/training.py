@@ -6,10 +6,12 @@ the optimiser step (restore frozen weights).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Protocol
 
+import numpy as np
 import torch
 import torch._dynamo  # noqa: F401  torch.optim imports it lazily on the first optimizer (~2 s); doing it here keeps that one-off import out of every RTE
 from torch import nn
@@ -18,7 +20,7 @@ from tqdm.auto import tqdm
 from unlearn.data.tensordata import Batch, TensorData
 from unlearn.errors import ConfigError, DivergedError
 from unlearn.knobs import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, OneOf
-from unlearn.runtime import Runtime
+from unlearn.runtime import Runtime, derive_seed
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULES = ("constant", "cosine", "multistep")
@@ -122,6 +124,30 @@ class Streams:
             yield (batch, paired) if lead_name == "forget" else (paired, batch)
 
 
+    def shard(self, rank: int, world_size: int) -> "Streams":
+        """This process's share of a data-parallel run: the leading set (both sets in union mode) split by
+        interleaving, padded by wrapping around so every process takes the same number of steps."""
+        def part(data: Optional[TensorData]) -> Optional[TensorData]:
+            if data is None:
+                return None
+            n = len(data)
+            return data.subset(np.arange(math.ceil(n / world_size) * world_size)[rank::world_size] % n)
+
+        if self.mode == "union":
+            return Streams(part(self.forget), part(self.retain), self.mode)
+        lead = "forget" if self.mode == "forget" else "retain"
+        return dataclasses.replace(self, **{lead: part(getattr(self, lead))})
+
+
+def rank_streams(streams: Streams, generator: torch.Generator, runtime: Runtime) -> tuple[Streams, torch.Generator]:
+    """The streams and generator of this process: its shard of the leading set, and its own generator, so that
+    the other set's batches (e.g. retain beside forget) are drawn independently on every process."""
+    if runtime.world_size == 1:
+        return streams, generator
+    own = torch.Generator().manual_seed(derive_seed(generator.initial_seed(), "rank", str(runtime.rank)))
+    return streams.shard(runtime.rank, runtime.world_size), own
+
+
 class StepHooks(Protocol):
     def after_backward(self, model: nn.Module) -> None: ...
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
@@ -138,13 +164,21 @@ class History:
 def optimise(model: nn.Module, objective: Objective, streams: Streams, config: OptimConfig, runtime: Runtime,
              generator: torch.Generator, *, augment: Callable[[Batch, torch.Generator], Batch] | None = None,
              hooks: StepHooks | None = None, desc: str = "train",
-             on_epoch: Callable[[str, int, float], None] | None = None, max_steps: int | None = None) -> History:
+             on_epoch: Callable[[str, int, float], None] | None = None, max_steps: int | None = None,
+             data_parallel: bool = False) -> History:
     """Run `config.epochs` epochs of `objective` over `streams`, or exactly `max_steps` steps when given (as many
     epochs as they need, the last one cut short: a relearning attack counts steps, not epochs).
+
+    `data_parallel` under `accelerate launch` (runtime.world_size > 1): every process takes its shard of the
+    data (`rank_streams`) and the gradients are averaged across processes before each step, so all keep the
+    same weights (DDP's rule, on any model and objective; the effective batch is world_size × batch_size).
 
     Raises DivergedError when an epoch's loss or, after the epoch's last step, any trained weight is not
     finite (the loss is computed before each step, so only the weights show what the last step did)."""
     trained = [p for p in model.parameters() if p.requires_grad]
+    parallel = data_parallel and runtime.world_size > 1
+    if parallel:
+        streams, generator = rank_streams(streams, generator, runtime)
     optimizer = config.make_optimizer(trained)
     steps_per_epoch = streams.steps_per_epoch(config.batch_size)
     epochs = config.epochs if max_steps is None else math.ceil(max_steps / steps_per_epoch)
@@ -164,6 +198,11 @@ def optimise(model: nn.Module, objective: Objective, streams: Streams, config: O
                 loss = objective(model, forget_batch, retain_batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if parallel:
+                for p in trained:
+                    if p.grad is None:  # every process must reduce the same tensors
+                        p.grad = torch.zeros_like(p)
+                runtime.average([p.grad for p in trained])
             if hooks is not None:
                 hooks.after_backward(model)
             optimizer.step()
@@ -176,10 +215,13 @@ def optimise(model: nn.Module, objective: Objective, streams: Streams, config: O
                 break
         # One host sync per epoch: the divergence checks and the logged loss share it.
         finite = torch.stack([torch.isfinite(p).all() for p in trained]).all() if trained else running.new_ones(())
-        mean_loss, weights_ok = torch.stack([running / max(n_steps, 1), finite.to(running.dtype)]).tolist()
+        stats = torch.stack([running / max(n_steps, 1), finite.to(running.dtype)])
+        if parallel:  # every process takes the same decision (a lone raise would leave the others waiting)
+            runtime.average([stats])
+        mean_loss, weights_ok = stats.tolist()
         if not math.isfinite(mean_loss):
             raise DivergedError(f"{desc}: loss became {mean_loss} in epoch {epoch + 1}/{epochs}")
-        if not weights_ok:
+        if weights_ok < 1:  # the share of processes whose weights are finite
             raise DivergedError(f"{desc}: weights became non-finite in epoch {epoch + 1}/{epochs}")
         history.epoch_losses.append(mean_loss)
         bar.set_postfix(loss=f"{mean_loss:.4f}")

@@ -25,6 +25,10 @@ from unlearn.knobs import COUNT, Range
 
 IGNORE = -100  # label of tokens that are not scored (question, padding)
 
+# Chat templates that print today's date (Llama 3) get this one instead, so a prompt, and every cache key made
+# from it, does not change with the calendar.
+CHAT_DATE = "26 Jul 2024"
+
 REFUSALS = ("I'm not sure about that.", "I don't know.", "I have no information about that.",
             "That is not something I can answer.")
 
@@ -41,6 +45,9 @@ class ByteTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def prompt(self, question: str) -> list[int]:
+        return [self.bos_id] + self.encode(question + " ")
 
 
 class PretrainedTokenizer:
@@ -59,13 +66,25 @@ class PretrainedTokenizer:
         if self._tok.eos_token_id is None:
             raise ConfigError(f"tokenizer {name!r} has no eos token, so answers cannot be terminated")
         self.eos_id = int(self._tok.eos_token_id)
-        # Many causal LMs ship without a pad token; padding is always masked out, so eos serves.
-        self.pad_id = int(self._tok.pad_token_id if self._tok.pad_token_id is not None else self.eos_id)
+        # Many causal LMs ship without a pad token, or with pad = eos. Padding is always masked out, but a pad id
+        # distinct from eos keeps "padding" and "end of answer" apart in every mask (reference/llm.md): use pad,
+        # else unk, and eos only when the tokenizer has neither.
+        distinct = [t for t in (self._tok.pad_token_id, self._tok.unk_token_id) if t is not None and t != self.eos_id]
+        self.pad_id = int(distinct[0] if distinct else self.eos_id)
         self.bos_id = None if self._tok.bos_token_id is None else int(self._tok.bos_token_id)
         self.vocab_size = len(self._tok)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False))
+
+    def prompt(self, question: str) -> list[int]:
+        """The tokens before an answer: the model's chat template (a user turn plus the generation prompt, with
+        a fixed date where the template injects today's) when it has one, else `[bos] question `."""
+        if self._tok.chat_template:
+            text = self._tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                                 add_generation_prompt=True, date_string=CHAT_DATE)
+            return self.encode(text)  # the template writes bos itself
+        return ([] if self.bos_id is None else [self.bos_id]) + self.encode(question + " ")
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)

@@ -59,10 +59,15 @@ class DataBundle:
     val: TensorData
     test: TensorData
     info: dict[str, Any] = field(default_factory=dict)
+    # Evaluation-only sets a benchmark ships beside its splits (TOFU's perturbed sets, MUSE's VerbMem prompts, WMDP's
+    # questions): never trained on, read by the benchmark's task.
+    extra: dict[str, TensorData] = field(default_factory=dict)
 
     def to(self, device) -> "DataBundle":
-        return DataBundle(self.name, self.train.to(device), self.val.to(device), self.test.to(device), self.info)
+        return DataBundle(self.name, self.train.to(device), self.val.to(device), self.test.to(device), self.info,
+                          {name: part.to(device) for name, part in self.extra.items()})
 
     def fingerprint(self) -> dict[str, Any]:
         """Content of every split, for cache keys: the same data from any path gives the same key."""
-        return {split: dict(getattr(self, split).tensors) for split in ("train", "val", "test")} | {"info": self.info}
+        splits = {split: dict(getattr(self, split).tensors) for split in ("train", "val", "test")} | {"info": self.info}
+        return splits | ({"extra": {name: dict(part.tensors) for name, part in self.extra.items()}} if self.extra else {})

@@ -64,6 +64,33 @@ def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.
                     dtype=np.float64)
 
 
+def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """Per-example ROUGE-L F1 of each prediction against its reference (rouge-score, Porter stemming): MUSE's
+    VerbMem and KnowMem score (Shi et al. 2024), which weighs precision as well as recall."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    scorer = _rouge_l_scorer()
+    return np.array([scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)],
+                    dtype=np.float64)
+
+
+@nan_if_not_finite
+def multiple_choice_accuracy(choice_logprobs: np.ndarray, answers: np.ndarray) -> float:
+    """Share of questions whose highest-scoring choice is the right one (WMDP, MMLU: chance 1/K).
+
+    choice_logprobs: (N, K) log-likelihood of each choice's continuation given the question (higher = preferred;
+    ties go to the first); answers: (N,) integer index of the right choice in 0..K−1. NaN on non-finite input or
+    no questions. Source: Li et al. 2024 (WMDP), scored as lm-evaluation-harness's `acc`."""
+    dims: dict[str, int] = {}
+    scores = as_array(choice_logprobs, "choice_logprobs", ("N", "K"), dims)
+    answers = as_array(answers, "answers", ("N",), dims)
+    if scores.size == 0:
+        return float("nan")
+    if np.any((answers < 0) | (answers >= scores.shape[1]) | (answers != np.round(answers))):
+        raise ValueError(f"answers must be choice indices in 0..{scores.shape[1] - 1}")
+    return float(np.mean(scores.argmax(axis=1) == answers.astype(np.int64)))
+
+
 @lru_cache(maxsize=1)
 def _rouge_l_scorer():
     """One scorer per process: building one loads the stemmer and logs a line each time."""

@@ -15,6 +15,7 @@ from unlearn.data.tensordata import Batch, TensorData
 from unlearn.errors import ConfigError, UnsupportedTaskError
 from unlearn.knobs import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, OneOf, Range
 from unlearn.methods.masks import MASKS, FrozenOutsideMask, weight_mask
+from unlearn.models.lora import LoraSettings, prepare_for_training
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Task
 from unlearn.training import OPTIMIZERS, SCHEDULES, STREAM_MODES, OptimConfig, Streams, optimise
@@ -120,6 +121,8 @@ class GradientMethod(Method):
     uses_forget: bool = True
     uses_retain: bool = True
     default_mask: str = "none"
+    #: whether `model.lora.r` applies (False for methods that pick the trained weights or run their own loop)
+    trains_lora: bool = True
     knobs = {"lr": POSITIVE, "epochs": NON_NEGATIVE_INT, "batch_size": COUNT, "optimizer": OneOf(OPTIMIZERS),
              "momentum": FRACTION, "weight_decay": NON_NEGATIVE, "schedule": OneOf(SCHEDULES),
              "stream": OneOf(STREAM_MODES), "mask": OneOf(MASKS), "mask_ratio": Range(0, 1, low_open=True),
@@ -143,6 +146,19 @@ class GradientMethod(Method):
         self.schedule, self.stream = schedule, stream
         self._optim = OptimConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, optimizer=optimizer,
                                   momentum=self.momentum, weight_decay=self.weight_decay, schedule=schedule)
+        self._lora, self._checkpointing = LoraSettings(), False
+
+    def check_model(self, model_config: dict) -> None:
+        """Take the model's LoRA rank (`model.lora.r`) and gradient-checkpointing switch for the unlearning copy.
+        A method that trains its own choice of weights (`trains_lora = False`) or a weight mask refuses LoRA."""
+        self._lora = LoraSettings.from_config(model_config.get("lora"))
+        self._checkpointing = bool(model_config.get("gradient_checkpointing", False))
+        if self._lora.enabled and not self.trains_lora:
+            raise ConfigError(f"method {self.name!r} chooses which weights it trains, so it cannot train LoRA "
+                              f"adapters; drop model.lora.r")
+        if self._lora.enabled and self.mask != "none":
+            raise ConfigError(f"method.mask={self.mask} selects weights of the full model, LoRA trains adapters "
+                              f"instead: use one of them (method.mask=none or drop model.lora.r)")
 
     def objective(self, ctx: UnlearnContext, model: nn.Module, forget: Optional[Batch], retain: Optional[Batch]) -> torch.Tensor:
         raise NotImplementedError
@@ -157,7 +173,7 @@ class GradientMethod(Method):
         pass
 
     def unlearn(self, ctx: UnlearnContext) -> nn.Module:
-        model = copy.deepcopy(ctx.original)
+        model = prepare_for_training(copy.deepcopy(ctx.original), self._lora, self._checkpointing)
         self._frozen = None
         if self.mask != "none":
             fields = {"mask": self.mask, "ratio": self.mask_ratio, "mu": self.mask_mu if self.mask == "wagle" else None}
@@ -170,7 +186,7 @@ class GradientMethod(Method):
                           retain=ctx.retain if self.uses_retain else None, mode=self.stream)
         optimise(model, lambda m, f, r: self.objective(ctx, m, f, r), streams, self._optim, ctx.runtime, ctx.generator,
                  augment=ctx.task.augment, hooks=_MaskedHooks(self, self._frozen), desc=f"unlearn[{self.name}]",
-                 on_epoch=ctx.on_epoch)
+                 on_epoch=ctx.on_epoch, data_parallel=True)
         return model
 
     def reported_seconds(self, measured: float, ctx: UnlearnContext) -> float:

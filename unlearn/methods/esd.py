@@ -36,6 +36,7 @@ def esd_parameters(model: nn.Module, train: str) -> list[str]:
 
 
 class ESD(GradientMethod):
+    trains_lora = False  # picks its own trained weights / runs its own loop
     name = "esd"
     supports = ("t2i",)
     uses_retain = False

@@ -19,6 +19,7 @@ from unlearn.knobs import NON_NEGATIVE
 
 
 class OutputMatching(GradientMethod):
+    trains_lora = False  # picks its own trained weights / runs its own loop
     supports = ("classification",)
 
     knobs = {"retain_per_forget": NON_NEGATIVE}

@@ -67,6 +67,7 @@ def model_layers(model_config: dict) -> int | None:
 
 
 class RMU(GradientMethod):
+    trains_lora = False  # picks its own trained weights / runs its own loop
     name = "rmu"
     supports = ("llm",)
     knobs = {"layer": NON_NEGATIVE_INT, "steering_coeff": POSITIVE, "alpha": NON_NEGATIVE, "trained_layers": COUNT}
@@ -83,6 +84,7 @@ class RMU(GradientMethod):
                               f"(valid: 0..{n_layers - 1})")
 
     def check_model(self, model_config):
+        super().check_model(model_config)
         self._check_layers(model_layers(model_config))
 
     def prepare(self, ctx, model):

@@ -5,12 +5,15 @@ from torch import nn
 
 from unlearn.errors import ConfigError
 from unlearn.knobs import COUNT
+from unlearn.models.lora import LoraSettings
 
 
 def tiny_llama(vocab_size: int, hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4,
-               intermediate_size: int = 256, max_positions: int = 256) -> nn.Module:
+               intermediate_size: int = 256, max_positions: int = 256, lora: LoraSettings | None = None,
+               gradient_checkpointing: bool = False) -> nn.Module:
     """A randomly initialised `LlamaForCausalLM` (rotary positions, RMSNorm, SwiGLU): the real architecture
-    at a size that memorises a few hundred facts on CPU in a minute."""
+    at a size that memorises a few hundred facts on CPU in a minute. `lora` (unlearn/models/lora.py) is for the
+    gradient methods: the original and the oracle train every weight; `gradient_checkpointing` applies to all."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if hidden_size % num_heads:
@@ -18,23 +21,42 @@ def tiny_llama(vocab_size: int, hidden_size: int = 128, num_layers: int = 2, num
     config = LlamaConfig(vocab_size=int(vocab_size), hidden_size=hidden_size, num_hidden_layers=num_layers,
                          num_attention_heads=num_heads, num_key_value_heads=num_heads,
                          intermediate_size=intermediate_size, max_position_embeddings=max_positions)
-    return LlamaForCausalLM(config)
+    return _checkpointed(LlamaForCausalLM(config), gradient_checkpointing)
 
 
-def pretrained_causal_lm(name: str, revision: str | None = None, local_files_only: bool = False) -> nn.Module:
+def _checkpointed(model: nn.Module, gradient_checkpointing: bool) -> nn.Module:
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    return model
+
+
+def pretrained_causal_lm(name: str, revision: str | None = None, local_files_only: bool = False,
+                         lora: LoraSettings | None = None, gradient_checkpointing: bool = False) -> nn.Module:
     """`AutoModelForCausalLM.from_pretrained(name)`: a hub name (needs network the first time) or a local folder.
-    `local_files_only` never touches the network, so an offline machine fails at once instead of retrying."""
+    `local_files_only` never touches the network, so an offline machine fails at once instead of retrying.
+    `lora` and `gradient_checkpointing` as in `tiny_llama`."""
     from transformers import AutoModelForCausalLM
 
     if not name:
         raise ConfigError("model.name is empty; give a hub name (e.g. model.name=gpt2) or a local folder")
     try:
-        return AutoModelForCausalLM.from_pretrained(name, revision=revision, local_files_only=local_files_only)
+        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, local_files_only=local_files_only)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the causal LM {name!r} ({type(exc).__name__}: {exc}); give a local folder "
                           f"saved with save_pretrained, or a hub name on a machine with network access "
                           f"(the hub's weights are cached after the first download)") from exc
+    return _checkpointed(model, gradient_checkpointing)
 
 
 tiny_llama.knobs = {"vocab_size": COUNT, "hidden_size": COUNT, "num_layers": COUNT, "num_heads": COUNT,
                     "intermediate_size": COUNT, "max_positions": COUNT}
+
+
+def causal_lm_from_checkpoint(path: str) -> nn.Module:
+    """A published causal LM (original.path / oracle.path): `from_pretrained` of its folder."""
+    return pretrained_causal_lm(path, local_files_only=True)
+
+
+# Published originals and oracles of any causal-LM config load through from_pretrained (unlearn/models/checkpoints.py).
+tiny_llama.from_checkpoint = causal_lm_from_checkpoint
+pretrained_causal_lm.from_checkpoint = causal_lm_from_checkpoint

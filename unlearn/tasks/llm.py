@@ -171,15 +171,18 @@ class LanguageModelTask(Task):
     def truth_ratios(self, model: nn.Module, data: TensorData, runtime: Runtime) -> np.ndarray:
         return truth_ratios(self.nll(model, data, PARAPHRASE, runtime), self.nll(model, data, PERTURBED, runtime))
 
-    def generate_answers(self, model: nn.Module, data: TensorData, runtime: Runtime) -> list[str]:
-        """Greedy answers to the questions, in batches, each batch bounded by its longest true answer."""
+    def generate_answers(self, model: nn.Module, data: TensorData, runtime: Runtime,
+                         max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers to the questions, in batches, each batch bounded by its longest true answer and by
+        `max_new_tokens` (default: the task's)."""
         tok, answers = self.tokenizer, []
+        cap = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         with evaluating(model):
             for batch in data.batches(self.eval_batch_size):
                 mask = batch["prompt_mask"]
                 start = int((mask.sum(0) > 0).nonzero()[0])  # prompts are left-padded: drop all-padding columns
                 prompt, mask = batch["prompt_ids"][:, start:], mask[:, start:]
-                budget = min(int((batch["labels"] != IGNORE).sum(1).max()), self.max_new_tokens)
+                budget = min(int((batch["labels"] != IGNORE).sum(1).max()), cap)
                 with runtime.autocast():
                     out = model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=budget,
                                          do_sample=False, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
@@ -242,28 +245,38 @@ class LanguageModelTask(Task):
                 "min_k_pp": min_k_scores(z, stats["mask"], self.min_k),
                 "gradnorm": self.gradient_norms(model, data, runtime), "stats": stats}
 
-    def family_ratios(self, model: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, np.ndarray]:
-        """Per-item truth ratios R of the forget, retain-author and world-fact families."""
+    def families(self, splits: Splits) -> dict[str, TensorData]:
+        """The sets scored with true and false answers (truth ratio), "forget" first: the forget facts, the
+        retained authors' and the world facts."""
         retain, world = split_world(splits.retain)
-        return {"forget": self.truth_ratios(model, splits.forget, runtime),
-                "retain": self.truth_ratios(model, retain, runtime),
-                "world": self.truth_ratios(model, world, runtime)}
+        return {"forget": splits.forget, "retain": retain, "world": world}
+
+    def family_ratios(self, model: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, np.ndarray]:
+        """Per-item truth ratios R of every family of `families`."""
+        return {name: self.truth_ratios(model, data, runtime) for name, data in self.families(splits).items()}
+
+    def utility(self, model: nn.Module, splits: Splits, ratios: dict[str, np.ndarray],
+                runtime: Runtime) -> dict[str, float]:
+        """TOFU's utility components: on the "retain" family its answer probability, ROUGE and truth ratio; on every
+        other non-forget family (the world facts here; real authors and world facts on TOFU) the probability
+        normalised over the true and false answers, ROUGE and truth ratio. `model_utility` is their harmonic mean."""
+        out: dict[str, float] = {}
+        for name, data in self.families(splits).items():
+            if name == "forget":
+                continue
+            out[f"{name}_prob"] = (answer_probability(self.nll(model, data, ANSWER, runtime)) if name == "retain" else
+                                   normalised_probability(self.nll(model, data, PARAPHRASE, runtime),
+                                                          self.nll(model, data, PERTURBED, runtime)))
+            out[f"{name}_rouge"] = self.rouge(model, data, runtime)
+            out[f"{name}_truth_ratio"] = truth_preference(ratios[name])
+        return out
 
     def evaluate(self, model: nn.Module, splits: Splits, runtime: Runtime, seed: int) -> dict[str, float]:
         self._splits = splits  # save_pictures writes the per-item truth ratios of the models of this run
-        retain, world = split_world(splits.retain)
         forget = self.membership_scores(model, splits.forget, runtime)
         holdout = self.membership_scores(model, splits.test, runtime)
         ratios = self.family_ratios(model, splits, runtime)
-        utility = {
-            "retain_prob": answer_probability(self.nll(model, retain, ANSWER, runtime)),
-            "retain_rouge": self.rouge(model, retain, runtime),
-            "retain_truth_ratio": truth_preference(ratios["retain"]),
-            "world_prob": normalised_probability(self.nll(model, world, PARAPHRASE, runtime),
-                                                 self.nll(model, world, PERTURBED, runtime)),
-            "world_rouge": self.rouge(model, world, runtime),
-            "world_truth_ratio": truth_preference(ratios["world"]),
-        }
+        utility = self.utility(model, splits, ratios, runtime)
         stats = forget["stats"]
         return {
             "forget_prob": answer_probability(forget["loss"]),
@@ -290,8 +303,9 @@ class LanguageModelTask(Task):
                     for name, s in stats.items()}
 
         mine, ref = scores(model), scores(oracle)
-        return {"forget_quality": ks_forget_quality(self.truth_ratios(model, splits.forget, runtime),
-                                                    self.truth_ratios(oracle, splits.forget, runtime)),
+        truth = self.families(splits)["forget"]
+        return {"forget_quality": ks_forget_quality(self.truth_ratios(model, truth, runtime),
+                                                    self.truth_ratios(oracle, truth, runtime)),
                 "mia_reference_auc": mia_auc(mine["forget"][1] - ref["forget"][1], mine["test"][1] - ref["test"][1]),
                 "privleak": privleak(mia_auc(mine["forget"][0], mine["test"][0]),
                                      mia_auc(ref["forget"][0], ref["test"][0]))}
@@ -300,7 +314,7 @@ class LanguageModelTask(Task):
         """truth_ratios.json: the raw per-item truth ratio R of every model of the run, per family, so any
         summary convention can be recomputed."""
         splits = getattr(self, "_splits", None)
-        if splits is None:
+        if splits is None or not self.families(splits):
             return
         record = {label: {family: r.tolist() for family, r in self.family_ratios(m, splits, runtime).items()}
                   for label, m in models.items()}
