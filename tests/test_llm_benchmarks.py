@@ -146,7 +146,8 @@ TOFU = lambda files: ["data=tofu", f"data.root={files['tofu']}", f"model.name={f
 
 
 def test_tofu_loads_the_published_original_and_oracle_instead_of_training(run_experiment, files, published, tmp_path):
-    row = run_experiment(*TOFU(files), f"original.path={published['original']}", f"oracle.path={published['oracle']}",
+    no_model_name = [a for a in TOFU(files) if not a.startswith("model.name=")]  # model.name follows original.path
+    row = run_experiment(*no_model_name, f"original.path={published['original']}", f"oracle.path={published['oracle']}",
                          f"cache_dir={tmp_path / 'cache'}", tiny=False)
     original, oracle, metrics = row["reference"]["original"], row["reference"]["oracle"], row["metrics"]
     assert row["status"] == "ok" and row["timings"]["original_cached"] and row["timings"]["oracle_cached"]
