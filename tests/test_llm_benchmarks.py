@@ -319,3 +319,16 @@ def test_tofu_with_lora_saves_the_adapter(run_experiment, files, tmp_path):
     assert "adapter_config.json" in saved and "model.safetensors" not in saved
     with pytest.raises(ConfigError, match=r"model.lora.r=-1"):
         run_experiment(*TOFU(files), "model.lora.r=-1", tiny=False)
+
+
+def test_published_lm_loads_in_bfloat16_and_bad_dtype_is_refused(published):
+    import torch
+
+    from conftest import compose_config
+    from unlearn.config import check_node
+    from unlearn.models.llm import causal_lm_from_checkpoint
+
+    model = causal_lm_from_checkpoint(str(published["original"]), {"dtype": "bfloat16"})
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with pytest.raises(ConfigError, match="model.dtype"):
+        check_node(compose_config("data=facts", "model=hf_causal_lm", "model.name=x", "model.dtype=int8").model)

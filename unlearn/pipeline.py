@@ -262,7 +262,7 @@ class Experiment:
             return None
         if role not in self._published:
             found = self.checkpoints[role]
-            model = checkpoints.load(found, target_of(self.cfg.model), lambda: build(self.cfg.model))
+            model = checkpoints.load(found, target_of(self.cfg.model), lambda: build(self.cfg.model), self.model_config)
             key = content_key(role, code=code_digest(checkpoints.load), checkpoint=found.identity)
             self._published[role] = self.runtime.place(model), key
         return self._published[role]
