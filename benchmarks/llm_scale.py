@@ -4,7 +4,7 @@ probability, truth-ratio and MIA metric computes them; greedy generation, as ROU
 its config (random weights: speed does not depend on them).
 
     python benchmarks/llm_scale.py                              # ~100M parameters on CPU
-    python benchmarks/llm_scale.py --size 1b --device cuda      # Llama-3.2-1B's shape, bf16 autocast, on a GPU
+    python benchmarks/llm_scale.py --size 1b --device cuda --dtype bfloat16   # Llama-3.2-1B's shape in bf16, on a GPU
     python benchmarks/llm_scale.py --size 1b --device cuda --lora 16 --gradient-checkpointing
 """
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--answer", type=int, default=128, help="answer tokens per row")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated per row (ROUGE)")
     parser.add_argument("--steps", type=int, default=3, help="timed unlearning steps (after one warm-up step)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype")
     parser.add_argument("--lora", type=int, default=None, help="LoRA rank (default: every weight trains)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
@@ -81,7 +82,8 @@ def main() -> None:
     runtime = Runtime.from_config(args.device, args.precision, threads=args.threads)
     device = runtime.device
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**SIZES[args.size], max_position_embeddings=4096)).to(device)
+    model = LlamaForCausalLM(LlamaConfig(**SIZES[args.size], max_position_embeddings=4096))
+    model = model.to(device=device, dtype=getattr(torch, args.dtype))
     n_params = sum(p.numel() for p in model.parameters())
     model = prepare_for_training(model, LoraSettings(r=args.lora), args.gradient_checkpointing)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -91,7 +93,8 @@ def main() -> None:
                     generator)
     tokens_per_row = args.prompt + args.answer
     print(f"Llama {args.size}: {n_params / 1e6:.0f}M parameters ({trained / 1e6:.1f}M trained"
-          f"{f', LoRA r={args.lora}' if args.lora else ''}), device {device}, precision {runtime.precision}, "
+          f"{f', LoRA r={args.lora}' if args.lora else ''}), device {device}, {args.dtype} weights, "
+          f"precision {runtime.precision}, "
           f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, threads {torch.get_num_threads()}; "
           f"rows of {args.prompt} prompt + {args.answer} answer tokens, batch {args.batch}")
 

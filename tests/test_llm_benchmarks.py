@@ -146,7 +146,8 @@ TOFU = lambda files: ["data=tofu", f"data.root={files['tofu']}", f"model.name={f
 
 
 def test_tofu_loads_the_published_original_and_oracle_instead_of_training(run_experiment, files, published, tmp_path):
-    row = run_experiment(*TOFU(files), f"original.path={published['original']}", f"oracle.path={published['oracle']}",
+    no_model_name = [a for a in TOFU(files) if not a.startswith("model.name=")]  # model.name follows original.path
+    row = run_experiment(*no_model_name, f"original.path={published['original']}", f"oracle.path={published['oracle']}",
                          f"cache_dir={tmp_path / 'cache'}", tiny=False)
     original, oracle, metrics = row["reference"]["original"], row["reference"]["oracle"], row["metrics"]
     assert row["status"] == "ok" and row["timings"]["original_cached"] and row["timings"]["oracle_cached"]
@@ -166,6 +167,22 @@ def test_tofu_loads_the_published_original_and_oracle_instead_of_training(run_ex
     nll = task.nll(causal_lm_from_checkpoint(str(published["original"])), data.train.subset(np.arange(start, stop)),
                    ANSWER, Runtime.from_config("cpu"))
     assert original["forget_prob"] == pytest.approx(float(np.mean(np.exp(-nll))), rel=1e-5)
+
+
+@pytest.mark.parametrize("data", ["muse_books", "wmdp_bio"])
+def test_muse_and_wmdp_run_on_published_original_and_oracle(run_experiment, files, published, tmp_path, data):
+    root = files["muse"] if data.startswith("muse") else write_wmdp(tmp_path / "wmdp", "bio")
+    row = run_experiment(f"data={data}", f"data.root={root}", f"model.name={files['lm']}", "data.source.max_length=32",
+                         f"original.path={published['original']}", f"oracle.path={published['oracle']}", *FAST,
+                         f"cache_dir={tmp_path / 'cache'}", tiny=False)
+    original, oracle, metrics = row["reference"]["original"], row["reference"]["oracle"], row["metrics"]
+    assert row["status"] == "ok" and row["timings"]["original_cached"] and math.isnan(oracle["RTE_s"])
+    assert not any(p.name.startswith(("original-", "oracle-")) for p in (tmp_path / "cache").rglob("*"))
+    if data.startswith("muse"):
+        assert oracle["privleak"] == 0.0 and original["privleak"] != 0.0  # against the loaded oracle
+        assert metrics["mia_min_k_auc"] != original["mia_min_k_auc"]  # the method moved the loaded original
+    else:
+        assert metrics["forget_prob"] < original["forget_prob"]
 
 
 def test_published_checkpoints_are_keyed_by_identity(published, tmp_path):
@@ -198,6 +215,8 @@ def test_classifier_original_from_a_state_dict(run_experiment, tmp_path):
     row = run_experiment(f"original.path={tmp_path / 'original.pt'}", "method=ga", "method.epochs=1")
     assert row["status"] == "ok" and row["timings"]["original_cached"]
     assert row["reference"]["original"]["TA"] < 30  # the untrained weights that were loaded, not a trained model
+    with pytest.raises(ConfigError, match="trains its own original"):
+        run_experiment(f"original.path={tmp_path / 'original.pt'}", "method=sisa")
     bad = {k: v[..., :1] if v.dim() else v for k, v in model.state_dict().items()}
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(ConfigError, match="does not fit the configured model"):
@@ -300,3 +319,16 @@ def test_tofu_with_lora_saves_the_adapter(run_experiment, files, tmp_path):
     assert "adapter_config.json" in saved and "model.safetensors" not in saved
     with pytest.raises(ConfigError, match=r"model.lora.r=-1"):
         run_experiment(*TOFU(files), "model.lora.r=-1", tiny=False)
+
+
+def test_published_lm_loads_in_bfloat16_and_bad_dtype_is_refused(published):
+    import torch
+
+    from conftest import compose_config
+    from unlearn.config import check_node
+    from unlearn.models.llm import causal_lm_from_checkpoint
+
+    model = causal_lm_from_checkpoint(str(published["original"]), {"dtype": "bfloat16"})
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with pytest.raises(ConfigError, match="model.dtype"):
+        check_node(compose_config("data=facts", "model=hf_causal_lm", "model.name=x", "model.dtype=int8").model)

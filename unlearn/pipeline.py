@@ -97,6 +97,9 @@ class Experiment:
         self.checkpoints = {role: checkpoints.resolve(role, str(cfg[role].path), cfg[role].get("revision"))
                             for role in checkpoints.ROLES if cfg.get(role) is not None and cfg[role].get("path")}
         self._published: dict[str, tuple[nn.Module, str]] = {}
+        if "original" in self.checkpoints and type(self.method).build_original is not Method.build_original:
+            raise ConfigError(f"method {self.method.name!r} trains its own original (exact unlearning), so it cannot "
+                              f"start from a published one; drop original.path")
 
     # ---- models -------------------------------------------------------------------------------
     def new_model(self, model_seed: int, stage: str) -> nn.Module:
@@ -259,7 +262,7 @@ class Experiment:
             return None
         if role not in self._published:
             found = self.checkpoints[role]
-            model = checkpoints.load(found, target_of(self.cfg.model), lambda: build(self.cfg.model))
+            model = checkpoints.load(found, target_of(self.cfg.model), lambda: build(self.cfg.model), self.model_config)
             key = content_key(role, code=code_digest(checkpoints.load), checkpoint=found.identity)
             self._published[role] = self.runtime.place(model), key
         return self._published[role]

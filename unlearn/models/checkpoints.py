@@ -1,7 +1,7 @@
 """Published originals and oracles (`original.path`, `oracle.path`): loaded instead of trained, keyed by identity.
 
 A benchmark publishes its fine-tuned target and its retain model (TOFU, MUSE) or a trained classifier. The
-model config's factory says how to load one: a factory with a `from_checkpoint(path, revision)` attribute (the
+model config's factory says how to load one: a factory with a `from_checkpoint(folder, model_config)` attribute (the
 causal LMs: `from_pretrained`, a local folder or a hub id) uses it; any other model is built from its config and
 given the state dict in the file (a plain state dict, or a run's `model.pt`). The cache keys a loaded model by
 what it is, not where it lies: the hub id and resolved revision, or the path, plus the hash of every file.
@@ -67,12 +67,13 @@ def resolve(role: str, path: str, revision: str | None = None) -> Checkpoint:
                       {"hub": path, "revision": folder.name, "files": _file_hashes(folder)})
 
 
-def load(checkpoint: Checkpoint, factory: Callable[..., Any], build_model: Callable[[], nn.Module]) -> nn.Module:
-    """The published model: `factory.from_checkpoint(folder)` where the model config's factory has one, else the
-    model its config builds, given the file's state dict (ConfigError if the weights do not fit it)."""
+def load(checkpoint: Checkpoint, factory: Callable[..., Any], build_model: Callable[[], nn.Module],
+         model_config: dict | None = None) -> nn.Module:
+    """The published model: `factory.from_checkpoint(folder, model_config)` where the model config's factory has
+    one, else the model its config builds, given the file's state dict (ConfigError if the weights do not fit)."""
     loader = getattr(factory, "from_checkpoint", None)
     if loader is not None:
-        return loader(str(checkpoint.local))
+        return loader(str(checkpoint.local), model_config)
     if checkpoint.local.is_dir():
         raise ConfigError(f"{checkpoint.role}.path={checkpoint.path!r} is a folder, but this model loads a state-dict "
                           f"file (torch.save of its state_dict, or a run's model.pt)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from unlearn.errors import ConfigError
-from unlearn.knobs import COUNT
+from unlearn.knobs import COUNT, OneOf
 from unlearn.models.lora import LoraSettings
 
 
@@ -30,17 +30,24 @@ def _checkpointed(model: nn.Module, gradient_checkpointing: bool) -> nn.Module:
     return model
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def pretrained_causal_lm(name: str, revision: str | None = None, local_files_only: bool = False,
-                         lora: LoraSettings | None = None, gradient_checkpointing: bool = False) -> nn.Module:
+                         lora: LoraSettings | None = None, gradient_checkpointing: bool = False,
+                         dtype: str | None = None) -> nn.Module:
     """`AutoModelForCausalLM.from_pretrained(name)`: a hub name (needs network the first time) or a local folder.
     `local_files_only` never touches the network, so an offline machine fails at once instead of retrying.
-    `lora` and `gradient_checkpointing` as in `tiny_llama`."""
+    `dtype` stores the weights in that type (bfloat16 halves a large model's weights, gradients and optimiser
+    state; None: as saved). `lora` and `gradient_checkpointing` as in `tiny_llama`."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     if not name:
         raise ConfigError("model.name is empty; give a hub name (e.g. model.name=gpt2) or a local folder")
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, local_files_only=local_files_only)
+        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, local_files_only=local_files_only,
+                                                     dtype=getattr(torch, dtype) if dtype else None)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the causal LM {name!r} ({type(exc).__name__}: {exc}); give a local folder "
                           f"saved with save_pretrained, or a hub name on a machine with network access "
@@ -52,11 +59,15 @@ tiny_llama.knobs = {"vocab_size": COUNT, "hidden_size": COUNT, "num_layers": COU
                     "intermediate_size": COUNT, "max_positions": COUNT}
 
 
-def causal_lm_from_checkpoint(path: str) -> nn.Module:
-    """A published causal LM (original.path / oracle.path): `from_pretrained` of its folder."""
-    return pretrained_causal_lm(path, local_files_only=True)
+def causal_lm_from_checkpoint(path: str, model_config: dict | None = None) -> nn.Module:
+    """A published causal LM (original.path / oracle.path): `from_pretrained` of its folder, with the model
+    config's weight dtype and gradient checkpointing."""
+    config = model_config or {}
+    return pretrained_causal_lm(path, local_files_only=True, dtype=config.get("dtype"),
+                                gradient_checkpointing=bool(config.get("gradient_checkpointing", False)))
 
 
 # Published originals and oracles of any causal-LM config load through from_pretrained (unlearn/models/checkpoints.py).
 tiny_llama.from_checkpoint = causal_lm_from_checkpoint
 pretrained_causal_lm.from_checkpoint = causal_lm_from_checkpoint
+pretrained_causal_lm.knobs = {"dtype": OneOf(DTYPES, optional=True)}
