@@ -8,7 +8,7 @@ import pytest
 from llm_bench_files import AUTHORS_ROWS, save_tiny_lm, write_muse, write_tofu, write_wmdp
 from unlearn.data.facts import load_tokenizer
 from unlearn.data.llm_benchmarks import load_muse, load_tofu, load_wmdp
-from unlearn.errors import ConfigError, DataNotFoundError
+from unlearn.errors import ConfigError, DataNotFoundError, UnsupportedTaskError
 from unlearn.eval.llm import multiple_choice_accuracy, rouge_l_f1
 
 FAST = ["device=cpu", "threads=1", "data.source.download=false", "data.train.epochs=30", "data.train.lr=1e-2",
@@ -115,6 +115,14 @@ def test_wmdp_runs_end_to_end(run_experiment, files):
     metrics, original = row["metrics"], row["reference"]["original"]
     assert row["status"] == "ok" and 0 <= metrics["wmdp_accuracy"] <= 1
     assert metrics["forget_prob"] < original["forget_prob"]
+
+
+@pytest.mark.parametrize("method", ["idkpo", "rl"])
+def test_document_benchmarks_refuse_relabelling_methods_before_training(run_experiment, files, method, tmp_path):
+    with pytest.raises(UnsupportedTaskError, match="documents"):
+        run_experiment("data=muse_news", f"data.root={files['muse']}", f"model.name={files['lm']}", *FAST,
+                       f"method={method}", tiny=False, cache_dir=tmp_path)
+    assert not list(tmp_path.glob("original-*"))
 
 
 def test_benchmarks_refuse_another_forget_request(run_experiment, files):

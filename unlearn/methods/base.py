@@ -74,11 +74,15 @@ class Method:
     name: str = "method"
     supports: Sequence[str] = ALL_TASKS
     uses_oracle: bool = False  # built from the oracle(s) (ctx.oracle / ctx.oracles), so needs them trained
+    relabels: bool = False     # trains on task.relabel(forget batch), which some tasks cannot make
 
     def check(self, task: Task) -> None:
         if task.kind not in self.supports:
             raise UnsupportedTaskError(f"method {self.name!r} does not apply to {task.kind} tasks; "
                                        f"it supports: {', '.join(self.supports)}")
+        if self.relabels and not task.can_relabel:
+            raise UnsupportedTaskError(f"method {self.name!r} trains on relabelled forget examples, which this data "
+                                       f"set cannot make: {task.relabel_note}")
 
     def check_model(self, model_config: dict) -> None:
         """Raise ConfigError if this method cannot run on the model `model_config` builds (called before

@@ -62,6 +62,7 @@ def mean_token_probability(model, batch, average: str) -> torch.Tensor:
 
 class FLAT(GradientMethod):
     name = "flat"
+    relabels = True
     supports = ("llm",)
     uses_retain = False
     knobs = {"divergence": OneOf(DIVERGENCES), "average": OneOf(AVERAGES)}

@@ -14,6 +14,7 @@ class IdkDPO(NPO):
     """NPO's frozen reference, knobs and retain term; the forget term prefers the refusal over the answer."""
 
     name = "idkdpo"
+    relabels = True
 
     def preference_term(self, ctx, model, forget):
         refusal = ctx.task.relabel(forget, ctx.generator)

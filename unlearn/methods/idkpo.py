@@ -9,6 +9,7 @@ from unlearn.methods.base import GradientMethod
 
 class IdkPO(GradientMethod):
     name = "idkpo"
+    relabels = True
     knobs = {"alpha": NON_NEGATIVE}
 
     def __init__(self, alpha: float = 1.0, **optim):

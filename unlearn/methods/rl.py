@@ -8,6 +8,7 @@ from unlearn.methods.base import GradientMethod, concat_batches
 
 class RandomLabel(GradientMethod):
     name = "rl"
+    relabels = True
 
     def objective(self, ctx, model, forget, retain):
         relabelled = ctx.task.relabel(forget, ctx.generator) if forget is not None else None

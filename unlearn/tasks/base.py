@@ -51,6 +51,9 @@ class Task(ABC):
     utility_metrics: tuple[str, ...] = ()
     #: whether `example_statistics` is defined (needed for eval.oracles > 1: KLoM, LiRA, ε)
     has_example_statistics: bool = False
+    #: whether `relabel` can make a stand-in target for forget examples (methods with `relabels` need it)
+    can_relabel: bool = True
+    relabel_note: str = ""
 
     def check_forget(self, builder: ForgetBuilder) -> None:
         """Raise ConfigError if this task cannot evaluate forget sets of this kind (runs before any training)."""

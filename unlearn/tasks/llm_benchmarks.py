@@ -52,9 +52,12 @@ class TofuTask(BenchmarkTask):
 class CorpusTask(BenchmarkTask):
     """A benchmark whose training data are documents (MUSE, WMDP): no questions to answer with a refusal."""
 
+    can_relabel = False  # relabelling methods are refused before anything trains (Method.check)
+    relabel_note = ("its training data are documents, which have no question to answer with a refusal; "
+                    "methods that relabel (idkpo, idkdpo, flat, rl, salun) run on data=tofu")
+
     def relabel(self, batch: Batch, generator: torch.Generator) -> Batch:
-        raise UnsupportedTaskError("this benchmark trains on documents, which have no question to answer with a "
-                                   "refusal; methods that relabel (idkpo, idkdpo, flat, rl) run on data=tofu")
+        raise UnsupportedTaskError(f"this benchmark cannot relabel: {self.relabel_note}")
 
     def families(self, splits: Splits) -> dict[str, TensorData]:
         return {}  # no true/false answer pairs: no truth ratios
