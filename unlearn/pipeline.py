@@ -36,7 +36,7 @@ from unlearn.report.loggers import Logger, record_row, write_json_atomic
 from unlearn.report.row import environment, make_row, summary_table
 from unlearn.runtime import Runtime, derive_seed
 from unlearn.tasks.base import Splits, Task
-from unlearn.training import OptimConfig
+from unlearn.training import OptimConfig, StackedModels, stackable
 
 log = logging.getLogger("unlearn")
 EpochCallback = Callable[[str, int, float], None]
@@ -92,6 +92,9 @@ class Experiment:
         self._building_seconds = 0.0
         self._precompute_seconds: dict[str, float] = {}
         self._training_code: str | None = None
+        # Payloads of population members trained stacked (`train_members`), by cache key, until `_train`'s callers
+        # take them (so a stacked member is cached under its own key, with or without a cache).
+        self._stacked: dict[str, dict[str, Any]] = {}
 
     # ---- models -------------------------------------------------------------------------------
     def new_model(self, model_seed: int, stage: str) -> nn.Module:
@@ -154,8 +157,10 @@ class Experiment:
         """What a trained model depends on: data, model, task (loss and augmentation knobs), recipe, seed,
         precision, and the code of the loss, the model, the training loop and the seeding."""
         if self._training_code is None:
+            # Stacked and sequential training share keys: a stacked member equals the member trained alone up to
+            # float rounding (tests/test_population_stacked.py), so both paths' code is in the key.
             self._training_code = code_digest(self.task.fit, self.task.loss, self.task.augment, target_of(self.cfg.model),
-                                              self._train, Runtime)
+                                              self._train, Runtime, self.task.fit_stacked, self.train_members)
         return dict(data=self.data()[1], model=self.model_config, task=plain(self.cfg.data.task),
                     recipe=vars(self.recipe), seed=model_seed, precision=self.runtime.precision,
                     code=self._training_code)
@@ -167,8 +172,8 @@ class Experiment:
         dense_fields = self._common_key_fields(model_seed) | ({"checkpoint_epoch": rewind} if rewind else {})
         dense_key = content_key("original", **dense_fields)
         dense, cached = self.cache.get_or_compute(
-            dense_key, lambda: self._train(model_seed, data.train, "original", on_epoch, checkpoint_epoch=rewind),
-            "original")
+            dense_key, lambda: self._stacked.pop(dense_key, None)
+            or self._train(model_seed, data.train, "original", on_epoch, checkpoint_epoch=rewind), "original")
         if self.pruner is None:
             return dense, dense_key, cached
         sparse_key = content_key("sparse-original", code=code_digest(type(self.pruner), self._prune), dense=dense_key,
@@ -254,11 +259,69 @@ class Experiment:
         trained from scratch on retain."""
         data, _ = self.data()
         forget = self._forget[0]
-        key = content_key("oracle", **self._common_key_fields(model_seed), forget=forget.indices, masks=masks)
+        key = self._oracle_key(model_seed, masks)
         retain = data.train.subset(forget.retain_indices(len(data.train)))
         payload, cached = self.cache.get_or_compute(
-            key, lambda: self._train(model_seed, retain, "oracle", on_epoch, masks=masks), "oracle (retrain)")
+            key, lambda: self._stacked.pop(key, None) or self._train(model_seed, retain, "oracle", on_epoch, masks=masks),
+            "oracle (retrain)")
         return payload, key, cached
+
+    def _oracle_key(self, model_seed: int, masks: dict | None) -> str:
+        return content_key("oracle", **self._common_key_fields(model_seed), forget=self._forget[0].indices, masks=masks)
+
+    # ---- populations trained stacked (DESIGN.md "Scale") -----------------------------------------
+    def train_members(self, stage: str, seeds: list[int], on_epoch: EpochCallback | None = None) -> None:
+        """Train the dense originals (stage "original") or oracles ("oracle") of `seeds` that are not cached yet
+        as one stacked computation; `_original` / `_oracle` then find them under each member's own key. Member i
+        gets the init, data order and augmentation of its own seed, as when trained alone. Where the task, model,
+        pruning or an exact method rule stacking out, the members are left to be trained one after another
+        (logged)."""
+        data, _ = self.data()
+        if stage == "original":
+            keys = [content_key("original", **self._common_key_fields(seed)) for seed in seeds]
+            train_set = data.train
+        else:
+            keys = [self._oracle_key(seed, None) for seed in seeds]
+            train_set = data.train.subset(self._forget[0].retain_indices(len(data.train)))
+        todo = [(seed, key) for seed, key in zip(seeds, keys) if key not in self._stacked and not self.cache.contains(key)]
+        if len(todo) < 2:
+            return
+        models = [self.new_model(seed, stage) for seed, _ in todo]
+        reason = ("the task draws from torch's global RNG" if not self.task.stackable else
+                  "pruning gives each member masks of its own" if self.pruner is not None else
+                  f"method {self.method.name} builds its own original" if stage == "original" and
+                  type(self.method).build_original is not Method.build_original else stackable(models[0]))
+        if reason is not None:
+            log.info("%d %ss trained one after another, not stacked: %s", len(todo), stage, reason)
+            return
+        log.info("%d %ss trained stacked", len(todo), stage)
+        start = time.perf_counter()
+        stack = self.task.fit_stacked(StackedModels(models), train_set, self.recipe, self.runtime,
+                                      [self.runtime.generator(seed, stage) for seed, _ in todo],
+                                      desc=f"{stage} x{len(todo)} (stacked)", on_epoch=on_epoch)
+        seconds = (time.perf_counter() - start) / len(todo)  # each member's share of the stack's wall time
+        for (_, key), model in zip(todo, stack.load_into(models)):
+            self._stacked[key] = {"state_dict": state_dict(model), "masks": None, "checkpoint": None,
+                                  "model_config": self.model_config, "train_seconds": seconds, "stacked": len(todo)}
+
+    def unlearn_members(self, arts: list[Artifacts], splits: Splits) -> list[nn.Module | None] | None:
+        """The method on each of `arts`' originals as one stacked computation (None entries: a member's weights
+        are not finite); None when the method or model cannot be stacked (logged), or the stack diverged as a
+        whole, in which case the caller runs the members one by one."""
+        if len(arts) < 2:
+            return None
+        reason = self.method.why_not_stacked() or stackable(arts[0].original)
+        if reason is not None:
+            log.info("the method on %d originals runs one after another, not stacked: %s", len(arts), reason)
+            return None
+        ctxs = [self._context(art, splits, None) for art in arts]
+        log.info("the method on %d originals runs stacked", len(arts))
+        try:
+            models = self.method.unlearn_stacked(ctxs)
+        except DivergedError as exc:
+            log.warning("stacked method %s diverged (%s); running its members one by one", self.method.name, exc)
+            return None
+        return [model if finite_model(model) else None for model in models]
 
     def member_seeds(self, n: int, namespace: str = "member") -> list[int]:
         """Model seeds of a population: the run's own seed first (for the default namespace), then derived ones.
@@ -273,6 +336,7 @@ class Experiment:
         if self._attribution is None:
             start = time.perf_counter()
             data, data_key = self.data()
+            self.train_members("original", self.member_seeds(self.attributor.models))
             originals = [self._original(seed, None) for seed in self.member_seeds(self.attributor.models)]
             models = [self.model_from_state(payload) for payload, _, _ in originals]
             key = content_key("attribution", code=code_digest(type(self.attributor)), data=data_key,
@@ -293,6 +357,8 @@ class Experiment:
         """n retrains on D \\ F with seeds of their own, disjoint from the evaluation population's, so a method
         that matches them is not scored against the very models it copied."""
         start = time.perf_counter()
+        if not masks:
+            self.train_members("oracle", self.member_seeds(n, "matching"))
         payloads = [self._oracle(seed, masks)[0] for seed in self.member_seeds(n, "matching")]
         # The run's own matching oracles; population members (with pruning, their own masks) add evaluation cost.
         self._precompute_seconds.setdefault("matching_oracles", sum(p["train_seconds"] for p in payloads))
@@ -315,15 +381,18 @@ class Experiment:
         data, _ = self.data()
         return Splits.from_forget_set(data, self._forget[0])
 
+    def _context(self, art: Artifacts, splits: Splits, on_epoch: EpochCallback | None) -> UnlearnContext:
+        return UnlearnContext(task=self.task, original=art.original, forget=splits.forget, retain=splits.retain,
+                              runtime=self.runtime, generator=self.runtime.generator(art.model_seed, "method"),
+                              oracle=lambda: copy.deepcopy(art.oracle), oracle_seconds=art.oracle_seconds,
+                              on_epoch=on_epoch, forget_indices=self._forget[0].indices,
+                              attribution=self.attribution,
+                              oracles=lambda n: self.matching_oracles(n, masks_of(art.original) or None),
+                              artifact=lambda kind, fields, compute: self.method_artifact(art, kind, fields, compute))
+
     def unlearn(self, art: Artifacts, splits: Splits, on_epoch: EpochCallback | None = None) -> tuple[nn.Module | None, str, float]:
         """(θu or None if the method diverged, status, RTE seconds)."""
-        ctx = UnlearnContext(task=self.task, original=art.original, forget=splits.forget, retain=splits.retain,
-                             runtime=self.runtime, generator=self.runtime.generator(art.model_seed, "method"),
-                             oracle=lambda: copy.deepcopy(art.oracle), oracle_seconds=art.oracle_seconds,
-                             on_epoch=on_epoch, forget_indices=self._forget[0].indices,
-                             attribution=self.attribution,
-                             oracles=lambda n: self.matching_oracles(n, masks_of(art.original) or None),
-                             artifact=lambda kind, fields, compute: self.method_artifact(art, kind, fields, compute))
+        ctx = self._context(art, splits, on_epoch)
         self.seed_stage(art.model_seed, "method")
         building = self._building_seconds
         start = time.perf_counter()
@@ -390,9 +459,12 @@ class Experiment:
         stats: dict[str, list] = {"original": [], "oracle": [], "unlearned": []}
         utility: dict[str, list] = {"unlearned": [], "oracle": []}
         seeds = self.member_seeds(self.n_models)
-        for i, model_seed in enumerate(tqdm(seeds, desc="population", leave=False, disable=None)):
-            art = first if i == 0 else self.prepare(on_epoch, model_seed)
-            unlearned = first_unlearned if i == 0 else self.unlearn(art, splits)[0]
+        self.train_members("oracle", seeds[1:], on_epoch)
+        arts = [first] + [self.prepare(on_epoch, model_seed) for model_seed in seeds[1:]]
+        stacked = self.unlearn_members(arts[1:], splits)
+        for i, art in enumerate(tqdm(arts, desc="population", leave=False, disable=None)):
+            unlearned = first_unlearned if i == 0 else stacked[i - 1] if stacked is not None else \
+                self.unlearn(art, splits)[0]
             if unlearned is None:
                 log.warning("population member %d diverged; population metrics are NaN", i)
                 return {name: float("nan") for name in population_metric_names(self.task.utility_metrics)}
@@ -423,6 +495,8 @@ class Experiment:
         for lg in loggers:
             lg.start(run_dir, plain(self.cfg))
         on_epoch = lambda stage, epoch, loss: [lg.log_epoch(stage, epoch, loss) for lg in loggers]  # noqa: E731
+        if self.n_models > 1:  # the run's own original is the population's first member: train them together
+            self.train_members("original", self.member_seeds(self.n_models), on_epoch)
         art = self.prepare(on_epoch)
         forget = self._forget[0]
         splits = self.splits()

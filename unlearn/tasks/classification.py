@@ -39,6 +39,7 @@ class ClassificationTask(Task):
     gap_metrics = ("UA", "RA", "TA", "MIA")
     utility_metrics = ("RA", "TA")
     has_example_statistics = True
+    stackable = True  # cross-entropy, and crop/flip drawn from the step's generator
 
     knobs = {"num_classes": Range(2, integer=True), "crop_padding": NON_NEGATIVE_INT}
 
