@@ -48,9 +48,8 @@ def test_stacked_member_equals_the_member_trained_alone(setting):
         model = fresh(seed)
         task.fit(model, data, recipe, runtime, torch.Generator().manual_seed(100 + seed))
         alone.append(model.state_dict())
-    stack = task.fit_stacked(StackedModels([fresh(s) for s in seeds]), data, recipe, runtime,
-                             [torch.Generator().manual_seed(100 + s) for s in seeds])
-    stacked = [m.state_dict() for m in stack.load_into([fresh(0) for _ in seeds])]
+    stacked = [m.state_dict() for m in task.fit_stacked([fresh(s) for s in seeds], data, recipe, runtime,
+                                                         [torch.Generator().manual_seed(100 + s) for s in seeds])]
     for one, member in zip(alone, stacked):
         assert max_difference(one, member) < TOL  # weights, BN running statistics and their step counts
     # The members really differ (own init, data order and augmentation), so the check above is not vacuous.
@@ -61,9 +60,9 @@ def test_a_member_does_not_depend_on_the_stack_size(setting):
     task, data, recipe, runtime = setting
     results = []
     for seeds in ([7], [7, 8], [7, 8, 9, 10]):
-        stack = task.fit_stacked(StackedModels([fresh(s) for s in seeds]), data, recipe, runtime,
-                                 [torch.Generator().manual_seed(s) for s in seeds])
-        results.append(stack.load_into([fresh(0)])[0].state_dict())
+        models = task.fit_stacked([fresh(s) for s in seeds], data, recipe, runtime,
+                                  [torch.Generator().manual_seed(s) for s in seeds])
+        results.append(models[0].state_dict())
     assert max_difference(results[0], results[1]) < TOL and max_difference(results[0], results[2]) < TOL
 
 

@@ -36,7 +36,7 @@ from unlearn.report.loggers import Logger, record_row, write_json_atomic
 from unlearn.report.row import environment, make_row, summary_table
 from unlearn.runtime import Runtime, derive_seed
 from unlearn.tasks.base import Splits, Task
-from unlearn.training import OptimConfig, StackedModels, stackable
+from unlearn.training import OptimConfig, stackable
 
 log = logging.getLogger("unlearn")
 EpochCallback = Callable[[str, int, float], None]
@@ -296,11 +296,11 @@ class Experiment:
             return
         log.info("%d %ss trained stacked", len(todo), stage)
         start = time.perf_counter()
-        stack = self.task.fit_stacked(StackedModels(models), train_set, self.recipe, self.runtime,
-                                      [self.runtime.generator(seed, stage) for seed, _ in todo],
-                                      desc=f"{stage} x{len(todo)} (stacked)", on_epoch=on_epoch)
+        models = self.task.fit_stacked(models, train_set, self.recipe, self.runtime,
+                                       [self.runtime.generator(seed, stage) for seed, _ in todo],
+                                       desc=f"{stage} x{len(todo)} (stacked)", on_epoch=on_epoch)
         seconds = (time.perf_counter() - start) / len(todo)  # each member's share of the stack's wall time
-        for (_, key), model in zip(todo, stack.load_into(models)):
+        for (_, key), model in zip(todo, models):
             self._stacked[key] = {"state_dict": state_dict(model), "masks": None, "checkpoint": None,
                                   "model_config": self.model_config, "train_seconds": seconds, "stacked": len(todo)}
 

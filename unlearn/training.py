@@ -164,7 +164,7 @@ def optimise_stacked(stack: "StackedModels", objective: Objective, streams: Stre
         raise ValueError(f"optimise_stacked needs a forget or retain stream and one generator per member; got "
                          f"stream={streams.mode!r}, {len(generators)} generators for {stack.n} models")
     step = _Stacked(stack, objective, streams, config.batch_size, generators, augment)
-    return _run(step, list(stack.parameters()), config, runtime, None, desc, on_epoch, None,
+    return _run(step, [p for p in stack.parameters() if p.requires_grad], config, runtime, None, desc, on_epoch, None,
                 streams.steps_per_epoch(config.batch_size))
 
 
@@ -281,7 +281,9 @@ class StackedModels(nn.Module):
         self._buffer_names = list(buffers)
         # The architecture without storage: functional_call supplies each member's tensors.
         self._base = [copy.deepcopy(models[0]).to("meta")]
-        self.weights = nn.ParameterList([nn.Parameter(params[name].detach().clone()) for name in self._names])
+        # Frozen weights (requires_grad False) stay frozen, as in each model's own loop.
+        self.weights = nn.ParameterList([nn.Parameter(params[name].detach().clone(), requires_grad=params[name].requires_grad)
+                                         for name in self._names])
         for i, name in enumerate(self._buffer_names):
             self.register_buffer(f"buffer_{i}", buffers[name].clone())
 

@@ -79,17 +79,25 @@ class Task(ABC):
             generator: torch.Generator, desc: str = "fit",
             on_epoch: Optional[Callable[[str, int, float], None]] = None) -> nn.Module:
         """Train `model` on `data` by minimising the mean loss (the original and the oracles)."""
+        self.init_model(model, data)
         optimise(model, self._fit_objective, Streams(retain=data, mode="retain"),
                  recipe, runtime, generator, augment=self.augment, desc=desc, on_epoch=on_epoch)
         return model
 
-    def fit_stacked(self, stack: StackedModels, data: TensorData, recipe: OptimConfig, runtime: Runtime,
+    def fit_stacked(self, models: list[nn.Module], data: TensorData, recipe: OptimConfig, runtime: Runtime,
                     generators: list[torch.Generator], desc: str = "fit",
-                    on_epoch: Optional[Callable[[str, int, float], None]] = None) -> StackedModels:
+                    on_epoch: Optional[Callable[[str, int, float], None]] = None) -> list[nn.Module]:
         """`fit` for N models at once (tasks with `stackable`): member i as `fit` with `generators[i]`."""
+        for model in models:
+            self.init_model(model, data)
+        stack = StackedModels(models)
         optimise_stacked(stack, self._fit_objective, Streams(retain=data, mode="retain"), recipe, runtime, generators,
                          augment=self.augment, desc=desc, on_epoch=on_epoch)
-        return stack
+        return stack.load_into(models)
+
+    def init_model(self, model: nn.Module, data: TensorData) -> None:
+        """A fresh model's data-dependent initialisation from the data it will be trained on (e.g. airbench's
+        whitening). Nothing by default."""
 
     def _fit_objective(self, model, _forget, retain) -> torch.Tensor:
         return self.loss(model, retain).mean()

@@ -49,6 +49,13 @@ class ClassificationTask(Task):
         self.flip = bool(flip)
         self.eval_batch_size = int(eval_batch_size)
 
+    def init_model(self, model: nn.Module, data: TensorData) -> None:
+        """Models with a data-dependent first layer (`init_from_data(images)`, airbench's whitening) get it from
+        the images they are about to be trained on."""
+        init = getattr(model, "init_from_data", None)
+        if init is not None:
+            init(data["x"])
+
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(model(batch["x"]).float(), batch["y"], reduction="none")
 
