@@ -95,6 +95,7 @@ class Experiment:
         # Payloads of population members trained stacked (`train_members`), by cache key, until `_train`'s callers
         # take them (so a stacked member is cached under its own key, with or without a cache).
         self._stacked: dict[str, dict[str, Any]] = {}
+        self._stack_refusal: str | None = None
 
     # ---- models -------------------------------------------------------------------------------
     def new_model(self, model_seed: int, stage: str) -> nn.Module:
@@ -157,23 +158,28 @@ class Experiment:
         """What a trained model depends on: data, model, task (loss and augmentation knobs), recipe, seed,
         precision, and the code of the loss, the model, the training loop and the seeding."""
         if self._training_code is None:
-            # Stacked and sequential training share keys: a stacked member equals the member trained alone up to
-            # float rounding (tests/test_population_stacked.py), so both paths' code is in the key.
             self._training_code = code_digest(self.task.fit, self.task.loss, self.task.augment, target_of(self.cfg.model),
                                               self._train, Runtime, self.task.fit_stacked, self.train_members)
         return dict(data=self.data()[1], model=self.model_config, task=plain(self.cfg.data.task),
                     recipe=vars(self.recipe), seed=model_seed, precision=self.runtime.precision,
                     code=self._training_code)
 
+    def _trained_key_fields(self, model_seed: int) -> dict[str, Any]:
+        """The pipeline's own originals and oracles: the common fields, and whether the model is a stacked member.
+        A stacked member equals the member trained alone up to float rounding after a few steps, but a full recipe
+        amplifies the rounding into a visibly different model of the same seed (README "Populations trained
+        stacked"), so stacked members have keys of their own, shared by every stacked run whatever its N."""
+        return self._common_key_fields(model_seed) | ({"stacked": True} if self.stacked_member(model_seed) else {})
+
     def _original(self, model_seed: int, on_epoch) -> tuple[dict[str, Any], str, bool]:
         """The trained original's payload: dense, or pruned from the dense one when `prune` is set."""
         data, _ = self.data()
         rewind = self.pruner.rewind_epoch if self.pruner else None
-        dense_fields = self._common_key_fields(model_seed) | ({"checkpoint_epoch": rewind} if rewind else {})
+        dense_fields = self._trained_key_fields(model_seed) | ({"checkpoint_epoch": rewind} if rewind else {})
         dense_key = content_key("original", **dense_fields)
         dense, cached = self.cache.get_or_compute(
-            dense_key, lambda: self._stacked.pop(dense_key, None)
-            or self._train(model_seed, data.train, "original", on_epoch, checkpoint_epoch=rewind), "original")
+            dense_key, lambda: self._member_payload("original", model_seed, dense_key) if self.stacked_member(model_seed)
+            else self._train(model_seed, data.train, "original", on_epoch, checkpoint_epoch=rewind), "original")
         if self.pruner is None:
             return dense, dense_key, cached
         sparse_key = content_key("sparse-original", code=code_digest(type(self.pruner), self._prune), dense=dense_key,
@@ -262,42 +268,58 @@ class Experiment:
         key = self._oracle_key(model_seed, masks)
         retain = data.train.subset(forget.retain_indices(len(data.train)))
         payload, cached = self.cache.get_or_compute(
-            key, lambda: self._stacked.pop(key, None) or self._train(model_seed, retain, "oracle", on_epoch, masks=masks),
-            "oracle (retrain)")
+            key, lambda: self._member_payload("oracle", model_seed, key) if self.stacked_member(model_seed)
+            else self._train(model_seed, retain, "oracle", on_epoch, masks=masks), "oracle (retrain)")
         return payload, key, cached
 
     def _oracle_key(self, model_seed: int, masks: dict | None) -> str:
-        return content_key("oracle", **self._common_key_fields(model_seed), forget=self._forget[0].indices, masks=masks)
+        return content_key("oracle", **self._trained_key_fields(model_seed), forget=self._forget[0].indices, masks=masks)
 
     # ---- populations trained stacked (DESIGN.md "Scale") -----------------------------------------
+    def why_not_stacked(self) -> str | None:
+        """Why this run's population members (originals, oracles) are trained one after another; None when they are
+        trained stacked (`train_members`)."""
+        if self._stack_refusal is None:
+            self._stack_refusal = ("the task draws from torch's global RNG" if not self.task.stackable else
+                                   "pruning gives each member masks of its own" if self.pruner is not None else
+                                   stackable(self.new_model(self.seed, "probe")) or "")
+        return self._stack_refusal or None
+
+    def stacked_member(self, model_seed: int) -> bool:
+        """Whether `model_seed`'s original and oracle are trained stacked: every population, ensemble and matching
+        member but the run's own seed (so a run's own row is the same for every eval.oracles), where the task, model
+        and pruning allow it. A function of the config, never of what is cached, so runs stay reproducible."""
+        return model_seed != self.seed and self.why_not_stacked() is None
+
+    def _member_payload(self, stage: str, model_seed: int, key: str) -> dict[str, Any]:
+        if key not in self._stacked:
+            self.train_members(stage, [model_seed])
+        return self._stacked.pop(key)
+
     def train_members(self, stage: str, seeds: list[int], on_epoch: EpochCallback | None = None) -> None:
-        """Train the dense originals (stage "original") or oracles ("oracle") of `seeds` that are not cached yet
-        as one stacked computation; `_original` / `_oracle` then find them under each member's own key. Member i
-        gets the init, data order and augmentation of its own seed, as when trained alone. Where the task, model,
-        pruning or an exact method rule stacking out, the members are left to be trained one after another
-        (logged)."""
+        """Train the dense originals (stage "original") or oracles ("oracle") of `seeds` that are stacked members
+        and not cached yet as one stacked computation; `_original` / `_oracle` then take them under each member's
+        key. Member i gets the init, data order and augmentation of its own seed, as when trained alone."""
+        if self.why_not_stacked() is not None:
+            log.info("%d %ss trained one after another, not stacked: %s", len(seeds), stage, self.why_not_stacked())
+            return
+        if stage == "original" and type(self.method).build_original is not Method.build_original:
+            return  # the method builds its own originals (exact methods)
         data, _ = self.data()
+        seeds = [seed for seed in seeds if self.stacked_member(seed)]
         if stage == "original":
-            keys = [content_key("original", **self._common_key_fields(seed)) for seed in seeds]
+            keys = [content_key("original", **self._trained_key_fields(seed)) for seed in seeds]
             train_set = data.train
         else:
             keys = [self._oracle_key(seed, None) for seed in seeds]
             train_set = data.train.subset(self._forget[0].retain_indices(len(data.train)))
         todo = [(seed, key) for seed, key in zip(seeds, keys) if key not in self._stacked and not self.cache.contains(key)]
-        if len(todo) < 2:
-            return
-        models = [self.new_model(seed, stage) for seed, _ in todo]
-        reason = ("the task draws from torch's global RNG" if not self.task.stackable else
-                  "pruning gives each member masks of its own" if self.pruner is not None else
-                  f"method {self.method.name} builds its own original" if stage == "original" and
-                  type(self.method).build_original is not Method.build_original else stackable(models[0]))
-        if reason is not None:
-            log.info("%d %ss trained one after another, not stacked: %s", len(todo), stage, reason)
+        if not todo:
             return
         log.info("%d %ss trained stacked", len(todo), stage)
         start = time.perf_counter()
-        models = self.task.fit_stacked(models, train_set, self.recipe, self.runtime,
-                                       [self.runtime.generator(seed, stage) for seed, _ in todo],
+        models = self.task.fit_stacked([self.new_model(seed, stage) for seed, _ in todo], train_set, self.recipe,
+                                       self.runtime, [self.runtime.generator(seed, stage) for seed, _ in todo],
                                        desc=f"{stage} x{len(todo)} (stacked)", on_epoch=on_epoch)
         seconds = (time.perf_counter() - start) / len(todo)  # each member's share of the stack's wall time
         for (_, key), model in zip(todo, models):
@@ -357,8 +379,7 @@ class Experiment:
         """n retrains on D \\ F with seeds of their own, disjoint from the evaluation population's, so a method
         that matches them is not scored against the very models it copied."""
         start = time.perf_counter()
-        if not masks:
-            self.train_members("oracle", self.member_seeds(n, "matching"))
+        self.train_members("oracle", self.member_seeds(n, "matching"))
         payloads = [self._oracle(seed, masks)[0] for seed in self.member_seeds(n, "matching")]
         # The run's own matching oracles; population members (with pruning, their own masks) add evaluation cost.
         self._precompute_seconds.setdefault("matching_oracles", sum(p["train_seconds"] for p in payloads))
@@ -459,6 +480,7 @@ class Experiment:
         stats: dict[str, list] = {"original": [], "oracle": [], "unlearned": []}
         utility: dict[str, list] = {"unlearned": [], "oracle": []}
         seeds = self.member_seeds(self.n_models)
+        self.train_members("original", seeds[1:], on_epoch)
         self.train_members("oracle", seeds[1:], on_epoch)
         arts = [first] + [self.prepare(on_epoch, model_seed) for model_seed in seeds[1:]]
         stacked = self.unlearn_members(arts[1:], splits)
@@ -495,8 +517,6 @@ class Experiment:
         for lg in loggers:
             lg.start(run_dir, plain(self.cfg))
         on_epoch = lambda stage, epoch, loss: [lg.log_epoch(stage, epoch, loss) for lg in loggers]  # noqa: E731
-        if self.n_models > 1:  # the run's own original is the population's first member: train them together
-            self.train_members("original", self.member_seeds(self.n_models), on_epoch)
         art = self.prepare(on_epoch)
         forget = self._forget[0]
         splits = self.splits()
