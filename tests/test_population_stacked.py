@@ -133,3 +133,8 @@ def test_methods_that_cannot_be_stacked_fall_back_and_say_so(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="unlearn"):
         assert exp.unlearn_members(arts, exp.splits()) is None
     assert "not stacked" in caplog.text and "stackable_objective" in caplog.text
+
+
+def test_stacking_can_be_switched_off(tmp_path):
+    exp = experiment(tmp_path, "eval.oracles=3", "eval.stacked=false")
+    assert exp.why_not_stacked() == "eval.stacked=false" and not exp.stacked_member(exp.member_seeds(3)[1])

@@ -280,10 +280,15 @@ class Experiment:
         """Why this run's population members (originals, oracles) are trained one after another; None when they are
         trained stacked (`train_members`)."""
         if self._stack_refusal is None:
-            self._stack_refusal = ("the task draws from torch's global RNG" if not self.task.stackable else
-                                   "pruning gives each member masks of its own" if self.pruner is not None else
-                                   stackable(self.new_model(self.seed, "probe")) or "")
+            with torch.random.fork_rng(devices=[]):  # the probe model must not move the stages' seeded RNG
+                self._stack_refusal = self._stack_refusal_reason()
         return self._stack_refusal or None
+
+    def _stack_refusal_reason(self) -> str:
+        return ("eval.stacked=false" if not self.cfg.eval.get("stacked", True) else
+                "the task draws from torch's global RNG" if not self.task.stackable else
+                "pruning gives each member masks of its own" if self.pruner is not None else
+                stackable(self.new_model(self.seed, "probe")) or "")
 
     def stacked_member(self, model_seed: int) -> bool:
         """Whether `model_seed`'s original and oracle are trained stacked: every population, ensemble and matching
@@ -332,7 +337,7 @@ class Experiment:
         whole, in which case the caller runs the members one by one."""
         if len(arts) < 2:
             return None
-        reason = self.method.why_not_stacked() or stackable(arts[0].original)
+        reason = self.why_not_stacked() or self.method.why_not_stacked() or stackable(arts[0].original)
         if reason is not None:
             log.info("the method on %d originals runs one after another, not stacked: %s", len(arts), reason)
             return None
