@@ -172,7 +172,7 @@ class _Single:
     """One model: the step's batches and loss."""
 
     def __init__(self, model, objective, streams, batch_size, generator, augment):
-        self.model, self.objective, self.streams = model, objective, streams
+        self.module, self.objective, self.streams = model, objective, streams
         self.batch_size, self.generator, self.augment, self.cycles = batch_size, generator, augment, {}
         self.n = 1
 
@@ -182,17 +182,14 @@ class _Single:
 
     def loss(self, forget, retain) -> torch.Tensor:
         """(1,) so that single and stacked runs share the loop's bookkeeping."""
-        return self.objective(self.model, forget, retain).reshape(1)
-
-    def train(self) -> None:
-        self.model.train()
+        return self.objective(self.module, forget, retain).reshape(1)
 
 
 class _Stacked:
     """N models: each member's batches from its own generator, stacked on a new first dimension."""
 
     def __init__(self, stack, objective, streams, batch_size, generators, augment):
-        self.stack, self.objective, self.streams = stack, objective, streams
+        self.module, self.objective, self.streams = stack, objective, streams
         self.batch_size, self.generators, self.augment = batch_size, generators, augment
         self.cycles = [{} for _ in generators]
         self.n = stack.n
@@ -205,10 +202,7 @@ class _Stacked:
                         for members in zip(*pairs))
 
     def loss(self, forget, retain) -> torch.Tensor:
-        return self.stack.vmap(self.objective, forget, retain)
-
-    def train(self) -> None:
-        self.stack.train()
+        return self.module.vmap(self.objective, forget, retain)
 
 
 def _augmented(forget, retain, augment, generator):
@@ -226,8 +220,8 @@ def _run(step, trained: list[torch.Tensor], config: OptimConfig, runtime: Runtim
     total = max(epochs * steps_per_epoch if max_steps is None else max_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: config.lr_factor(i, total))
     histories = [History() for _ in range(step.n)]
-    step.train()
-    model = getattr(step, "model", None)
+    model = step.module
+    model.train()
     bar = tqdm(range(epochs), desc=desc, leave=False, disable=None)
     for epoch in bar:
         running = torch.zeros(step.n, device=runtime.device)
