@@ -159,7 +159,7 @@ class Experiment:
         precision, and the code of the loss, the model, the training loop and the seeding."""
         if self._training_code is None:
             self._training_code = code_digest(self.task.fit, self.task.loss, self.task.augment, target_of(self.cfg.model),
-                                              self._train, Runtime, self.task.fit_stacked, self.train_members)
+                                              self._train, Runtime, self.task.fit_stacked)
         return dict(data=self.data()[1], model=self.model_config, task=plain(self.cfg.data.task),
                     recipe=vars(self.recipe), seed=model_seed, precision=self.runtime.precision,
                     code=self._training_code)
