@@ -71,6 +71,9 @@ class Cache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
+    def contains(self, key: str) -> bool:
+        return self.enabled and self.path(key).exists()
+
     def load(self, key: str) -> Any | None:
         path = self.path(key)
         if not (self.enabled and path.exists()):

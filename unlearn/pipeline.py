@@ -37,7 +37,7 @@ from unlearn.report.loggers import Logger, record_row, write_json_atomic
 from unlearn.report.row import environment, make_row, summary_table
 from unlearn.runtime import Runtime, derive_seed
 from unlearn.tasks.base import Splits, Task
-from unlearn.training import OptimConfig
+from unlearn.training import OptimConfig, stackable
 
 log = logging.getLogger("unlearn")
 EpochCallback = Callable[[str, int, float], None]
@@ -100,6 +100,10 @@ class Experiment:
         if "original" in self.checkpoints and type(self.method).build_original is not Method.build_original:
             raise ConfigError(f"method {self.method.name!r} trains its own original (exact unlearning), so it cannot "
                               f"start from a published one; drop original.path")
+        # Payloads of population members trained stacked (`train_members`), by cache key, until `_train`'s callers
+        # take them (so a stacked member is cached under its own key, with or without a cache).
+        self._stacked: dict[str, dict[str, Any]] = {}
+        self._stack_refusal: str | None = None
 
     # ---- models -------------------------------------------------------------------------------
     def new_model(self, model_seed: int, stage: str) -> nn.Module:
@@ -163,22 +167,29 @@ class Experiment:
         precision, and the code of the loss, the model, the training loop and the seeding."""
         if self._training_code is None:
             self._training_code = code_digest(self.task.fit, self.task.loss, self.task.augment, target_of(self.cfg.model),
-                                              self._train, Runtime)
+                                              self._train, Runtime, self.task.fit_stacked)
         # LoRA (model.lora) shapes only the unlearning copy: the original and the oracle train every weight.
         model = {k: v for k, v in self.model_config.items() if k != "lora"}
         return dict(data=self.data()[1], model=model, task=plain(self.cfg.data.task),
                     recipe=vars(self.recipe), seed=model_seed, precision=self.runtime.precision,
                     code=self._training_code)
 
+    def _trained_key_fields(self, model_seed: int) -> dict[str, Any]:
+        """The pipeline's own originals and oracles: the common fields, and whether the model is a stacked member.
+        A stacked member equals the member trained alone up to float rounding after a few steps, but a full recipe
+        amplifies the rounding into a visibly different model of the same seed (README "Populations trained
+        stacked"), so stacked members have keys of their own, shared by every stacked run whatever its N."""
+        return self._common_key_fields(model_seed) | ({"stacked": True} if self.stacked_member(model_seed) else {})
+
     def _original(self, model_seed: int, on_epoch) -> tuple[dict[str, Any], str, bool]:
         """The trained original's payload: dense, or pruned from the dense one when `prune` is set."""
         data, _ = self.data()
         rewind = self.pruner.rewind_epoch if self.pruner else None
-        dense_fields = self._common_key_fields(model_seed) | ({"checkpoint_epoch": rewind} if rewind else {})
+        dense_fields = self._trained_key_fields(model_seed) | ({"checkpoint_epoch": rewind} if rewind else {})
         dense_key = content_key("original", **dense_fields)
         dense, cached = self.cache.get_or_compute(
-            dense_key, lambda: self._train(model_seed, data.train, "original", on_epoch, checkpoint_epoch=rewind),
-            "original")
+            dense_key, lambda: self._member_payload("original", model_seed, dense_key) if self.stacked_member(model_seed)
+            else self._train(model_seed, data.train, "original", on_epoch, checkpoint_epoch=rewind), "original")
         if self.pruner is None:
             return dense, dense_key, cached
         sparse_key = content_key("sparse-original", code=code_digest(type(self.pruner), self._prune), dense=dense_key,
@@ -291,11 +302,90 @@ class Experiment:
         trained from scratch on retain."""
         data, _ = self.data()
         forget = self._forget[0]
-        key = content_key("oracle", **self._common_key_fields(model_seed), forget=forget.indices, masks=masks)
+        key = self._oracle_key(model_seed, masks)
         retain = data.train.subset(forget.retain_indices(len(data.train)))
         payload, cached = self.cache.get_or_compute(
-            key, lambda: self._train(model_seed, retain, "oracle", on_epoch, masks=masks), "oracle (retrain)")
+            key, lambda: self._member_payload("oracle", model_seed, key) if self.stacked_member(model_seed)
+            else self._train(model_seed, retain, "oracle", on_epoch, masks=masks), "oracle (retrain)")
         return payload, key, cached
+
+    def _oracle_key(self, model_seed: int, masks: dict | None) -> str:
+        return content_key("oracle", **self._trained_key_fields(model_seed), forget=self._forget[0].indices, masks=masks)
+
+    # ---- populations trained stacked (DESIGN.md "Scale") -----------------------------------------
+    def why_not_stacked(self) -> str | None:
+        """Why this run's population members (originals, oracles) are trained one after another; None when they are
+        trained stacked (`train_members`)."""
+        if self._stack_refusal is None:
+            with torch.random.fork_rng(devices=[]):  # the probe model must not move the stages' seeded RNG
+                self._stack_refusal = self._stack_refusal_reason()
+        return self._stack_refusal or None
+
+    def _stack_refusal_reason(self) -> str:
+        return ("eval.stacked=false" if not self.cfg.eval.get("stacked", True) else
+                "the task draws from torch's global RNG" if not self.task.stackable else
+                "pruning gives each member masks of its own" if self.pruner is not None else
+                stackable(self.new_model(self.seed, "probe")) or "")
+
+    def stacked_member(self, model_seed: int) -> bool:
+        """Whether `model_seed`'s original and oracle are trained stacked: every population, ensemble and matching
+        member but the run's own seed (so a run's own row is the same for every eval.oracles), where the task, model
+        and pruning allow it. A function of the config, never of what is cached, so runs stay reproducible."""
+        return model_seed != self.seed and self.why_not_stacked() is None
+
+    def _member_payload(self, stage: str, model_seed: int, key: str) -> dict[str, Any]:
+        if key not in self._stacked:
+            self.train_members(stage, [model_seed])
+        return self._stacked.pop(key)
+
+    def train_members(self, stage: str, seeds: list[int], on_epoch: EpochCallback | None = None) -> None:
+        """Train the dense originals (stage "original") or oracles ("oracle") of `seeds` that are stacked members
+        and not cached yet as one stacked computation; `_original` / `_oracle` then take them under each member's
+        key. Member i gets the init, data order and augmentation of its own seed, as when trained alone."""
+        if self.why_not_stacked() is not None:
+            log.info("%d %ss trained one after another, not stacked: %s", len(seeds), stage, self.why_not_stacked())
+            return
+        if stage == "original" and type(self.method).build_original is not Method.build_original:
+            return  # the method builds its own originals (exact methods)
+        data, _ = self.data()
+        seeds = [seed for seed in seeds if self.stacked_member(seed)]
+        if stage == "original":
+            keys = [content_key("original", **self._trained_key_fields(seed)) for seed in seeds]
+            train_set = data.train
+        else:
+            keys = [self._oracle_key(seed, None) for seed in seeds]
+            train_set = data.train.subset(self._forget[0].retain_indices(len(data.train)))
+        todo = [(seed, key) for seed, key in zip(seeds, keys) if key not in self._stacked and not self.cache.contains(key)]
+        if not todo:
+            return
+        log.info("%d %ss trained stacked", len(todo), stage)
+        start = time.perf_counter()
+        models = self.task.fit_stacked([self.new_model(seed, stage) for seed, _ in todo], train_set, self.recipe,
+                                       self.runtime, [self.runtime.generator(seed, stage) for seed, _ in todo],
+                                       desc=f"{stage} x{len(todo)} (stacked)", on_epoch=on_epoch)
+        seconds = (time.perf_counter() - start) / len(todo)  # each member's share of the stack's wall time
+        for (_, key), model in zip(todo, models):
+            self._stacked[key] = {"state_dict": state_dict(model), "masks": None, "checkpoint": None,
+                                  "model_config": self.model_config, "train_seconds": seconds, "stacked": len(todo)}
+
+    def unlearn_members(self, arts: list[Artifacts], splits: Splits) -> list[nn.Module | None] | None:
+        """The method on each of `arts`' originals as one stacked computation (None entries: a member's weights
+        are not finite); None when the method or model cannot be stacked (logged), or the stack diverged as a
+        whole, in which case the caller runs the members one by one."""
+        if len(arts) < 2:
+            return None
+        reason = self.why_not_stacked() or self.method.why_not_stacked() or stackable(arts[0].original)
+        if reason is not None:
+            log.info("the method on %d originals runs one after another, not stacked: %s", len(arts), reason)
+            return None
+        ctxs = [self._context(art, splits, None) for art in arts]
+        log.info("the method on %d originals runs stacked", len(arts))
+        try:
+            models = self.method.unlearn_stacked(ctxs)
+        except DivergedError as exc:
+            log.warning("stacked method %s diverged (%s); running its members one by one", self.method.name, exc)
+            return None
+        return [model if finite_model(model) else None for model in models]
 
     def member_seeds(self, n: int, namespace: str = "member") -> list[int]:
         """Model seeds of a population: the run's own seed first (for the default namespace), then derived ones.
@@ -310,6 +400,7 @@ class Experiment:
         if self._attribution is None:
             start = time.perf_counter()
             data, data_key = self.data()
+            self.train_members("original", self.member_seeds(self.attributor.models))
             originals = [self._original(seed, None) for seed in self.member_seeds(self.attributor.models)]
             models = [self.model_from_state(payload) for payload, _, _ in originals]
             key = content_key("attribution", code=code_digest(type(self.attributor)), data=data_key,
@@ -330,6 +421,7 @@ class Experiment:
         """n retrains on D \\ F with seeds of their own, disjoint from the evaluation population's, so a method
         that matches them is not scored against the very models it copied."""
         start = time.perf_counter()
+        self.train_members("oracle", self.member_seeds(n, "matching"))
         payloads = [self._oracle(seed, masks)[0] for seed in self.member_seeds(n, "matching")]
         # The run's own matching oracles; population members (with pruning, their own masks) add evaluation cost.
         self._precompute_seconds.setdefault("matching_oracles", sum(p["train_seconds"] for p in payloads))
@@ -352,15 +444,18 @@ class Experiment:
         data, _ = self.data()
         return Splits.from_forget_set(data, self._forget[0])
 
+    def _context(self, art: Artifacts, splits: Splits, on_epoch: EpochCallback | None) -> UnlearnContext:
+        return UnlearnContext(task=self.task, original=art.original, forget=splits.forget, retain=splits.retain,
+                              runtime=self.runtime, generator=self.runtime.generator(art.model_seed, "method"),
+                              oracle=lambda: copy.deepcopy(art.oracle), oracle_seconds=art.oracle_seconds,
+                              on_epoch=on_epoch, forget_indices=self._forget[0].indices,
+                              attribution=self.attribution,
+                              oracles=lambda n: self.matching_oracles(n, masks_of(art.original) or None),
+                              artifact=lambda kind, fields, compute: self.method_artifact(art, kind, fields, compute))
+
     def unlearn(self, art: Artifacts, splits: Splits, on_epoch: EpochCallback | None = None) -> tuple[nn.Module | None, str, float]:
         """(θu or None if the method diverged, status, RTE seconds)."""
-        ctx = UnlearnContext(task=self.task, original=art.original, forget=splits.forget, retain=splits.retain,
-                             runtime=self.runtime, generator=self.runtime.generator(art.model_seed, "method"),
-                             oracle=lambda: copy.deepcopy(art.oracle), oracle_seconds=art.oracle_seconds,
-                             on_epoch=on_epoch, forget_indices=self._forget[0].indices,
-                             attribution=self.attribution,
-                             oracles=lambda n: self.matching_oracles(n, masks_of(art.original) or None),
-                             artifact=lambda kind, fields, compute: self.method_artifact(art, kind, fields, compute))
+        ctx = self._context(art, splits, on_epoch)
         self.seed_stage(art.model_seed, "method")
         building = self._building_seconds
         start = time.perf_counter()
@@ -428,9 +523,13 @@ class Experiment:
         stats: dict[str, list] = {"original": [], "oracle": [], "unlearned": []}
         utility: dict[str, list] = {"unlearned": [], "oracle": []}
         seeds = self.member_seeds(self.n_models)
-        for i, model_seed in enumerate(tqdm(seeds, desc="population", leave=False, disable=None)):
-            art = first if i == 0 else self.prepare(on_epoch, model_seed)
-            unlearned = first_unlearned if i == 0 else self.unlearn(art, splits)[0]
+        self.train_members("original", seeds[1:], on_epoch)
+        self.train_members("oracle", seeds[1:], on_epoch)
+        arts = [first] + [self.prepare(on_epoch, model_seed) for model_seed in seeds[1:]]
+        stacked = self.unlearn_members(arts[1:], splits)
+        for i, art in enumerate(tqdm(arts, desc="population", leave=False, disable=None)):
+            unlearned = first_unlearned if i == 0 else stacked[i - 1] if stacked is not None else \
+                self.unlearn(art, splits)[0]
             if unlearned is None:
                 log.warning("population member %d diverged; population metrics are NaN", i)
                 return {name: float("nan") for name in population_metric_names(self.task.utility_metrics)}

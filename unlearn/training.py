@@ -6,6 +6,7 @@ the optimiser step (restore frozen weights).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -179,25 +180,94 @@ def optimise(model: nn.Module, objective: Objective, streams: Streams, config: O
     parallel = data_parallel and runtime.world_size > 1
     if parallel:
         streams, generator = rank_streams(streams, generator, runtime)
+    step = _Single(model, objective, streams, config.batch_size, generator, augment)
+    return _run(step, trained, config, runtime, hooks, desc, on_epoch, max_steps, streams.steps_per_epoch(config.batch_size),
+                parallel)[0]
+
+
+def optimise_stacked(stack: "StackedModels", objective: Objective, streams: Streams, config: OptimConfig,
+                     runtime: Runtime, generators: list[torch.Generator], *,
+                     augment: Callable[[Batch, torch.Generator], Batch] | None = None, desc: str = "train",
+                     on_epoch: Callable[[str, int, float], None] | None = None) -> list[History]:
+    """`optimise` for N models at once: the same loop, one step updating every member (torch.func `vmap` over
+    the stacked weights). Member i draws its batches and augmentation from `generators[i]` exactly as
+    `optimise` would with that generator alone, its loss and gradient involve only its own weights, and the
+    optimisers of the table are element-wise, so member i's result is the one it gets trained alone (up to
+    float rounding of the batched kernels) and does not depend on N. `streams` must not be "union" (its
+    members' batches would differ in size). Returns one History per member; DivergedError names the member."""
+    if streams.mode == "union" or len(generators) != stack.n:
+        raise ValueError(f"optimise_stacked needs a forget or retain stream and one generator per member; got "
+                         f"stream={streams.mode!r}, {len(generators)} generators for {stack.n} models")
+    step = _Stacked(stack, objective, streams, config.batch_size, generators, augment)
+    return _run(step, [p for p in stack.parameters() if p.requires_grad], config, runtime, None, desc, on_epoch, None,
+                streams.steps_per_epoch(config.batch_size), False)
+
+
+class _Single:
+    """One model: the step's batches and loss."""
+
+    def __init__(self, model, objective, streams, batch_size, generator, augment):
+        self.module, self.objective, self.streams = model, objective, streams
+        self.batch_size, self.generator, self.augment, self.cycles = batch_size, generator, augment, {}
+        self.n = 1
+
+    def batches(self):
+        for forget, retain in self.streams.epoch(self.batch_size, self.generator, self.cycles):
+            yield _augmented(forget, retain, self.augment, self.generator)
+
+    def loss(self, forget, retain) -> torch.Tensor:
+        """(1,) so that single and stacked runs share the loop's bookkeeping."""
+        return self.objective(self.module, forget, retain).reshape(1)
+
+
+class _Stacked:
+    """N models: each member's batches from its own generator, stacked on a new first dimension."""
+
+    def __init__(self, stack, objective, streams, batch_size, generators, augment):
+        self.module, self.objective, self.streams = stack, objective, streams
+        self.batch_size, self.generators, self.augment = batch_size, generators, augment
+        self.cycles = [{} for _ in generators]
+        self.n = stack.n
+
+    def batches(self):
+        epochs = [self.streams.epoch(self.batch_size, g, c) for g, c in zip(self.generators, self.cycles)]
+        for pairs in zip(*epochs):
+            pairs = [_augmented(f, r, self.augment, g) for (f, r), g in zip(pairs, self.generators)]
+            yield tuple(None if members[0] is None else {k: torch.stack([b[k] for b in members]) for k in members[0]}
+                        for members in zip(*pairs))
+
+    def loss(self, forget, retain) -> torch.Tensor:
+        return self.module.vmap(self.objective, forget, retain)
+
+
+def _augmented(forget, retain, augment, generator):
+    if augment is None:
+        return forget, retain
+    return (augment(forget, generator) if forget is not None else None,
+            augment(retain, generator) if retain is not None else None)
+
+
+def _run(step, trained: list[torch.Tensor], config: OptimConfig, runtime: Runtime, hooks: StepHooks | None, desc: str,
+         on_epoch, max_steps: int | None, steps_per_epoch: int, parallel: bool) -> list[History]:
+    """The loop itself, for one model (`_Single`) or a stack (`_Stacked`): per-member losses of shape (n,).
+    `parallel`: average gradients (and the epoch's divergence figures) across accelerate's processes."""
     optimizer = config.make_optimizer(trained)
-    steps_per_epoch = streams.steps_per_epoch(config.batch_size)
     epochs = config.epochs if max_steps is None else math.ceil(max_steps / steps_per_epoch)
     total = max(epochs * steps_per_epoch if max_steps is None else max_steps, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: config.lr_factor(step, total))
-    history, cycles = History(), {}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: config.lr_factor(i, total))
+    histories = [History() for _ in range(step.n)]
+    model = step.module
     model.train()
     bar = tqdm(range(epochs), desc=desc, leave=False, disable=None)
     for epoch in bar:
-        running = torch.zeros((), device=runtime.device)
+        running = torch.zeros(step.n, device=runtime.device)
         n_steps = 0
-        for forget_batch, retain_batch in streams.epoch(config.batch_size, generator, cycles):
-            if augment is not None:
-                forget_batch = augment(forget_batch, generator) if forget_batch is not None else None
-                retain_batch = augment(retain_batch, generator) if retain_batch is not None else None
+        for forget_batch, retain_batch in step.batches():
             with runtime.autocast():
-                loss = objective(model, forget_batch, retain_batch)
+                losses = step.loss(forget_batch, retain_batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # Members' losses depend on their own weights only, so the sum's gradient is each member's own.
+            losses.sum().backward()
             if parallel:
                 for p in trained:
                     if p.grad is None:  # every process must reduce the same tensors
@@ -209,22 +279,88 @@ def optimise(model: nn.Module, objective: Objective, streams: Streams, config: O
             scheduler.step()
             if hooks is not None:
                 hooks.after_step(model, optimizer)
-            running += loss.detach().float()
+            running += losses.detach().float()
             n_steps += 1
             if max_steps is not None and epoch * steps_per_epoch + n_steps >= max_steps:
                 break
-        # One host sync per epoch: the divergence checks and the logged loss share it.
-        finite = torch.stack([torch.isfinite(p).all() for p in trained]).all() if trained else running.new_ones(())
+        # One host sync per epoch: the divergence checks and the logged losses share it.
+        lead = (step.n,) if step.n > 1 else ()
+        finite = (torch.stack([torch.isfinite(p).flatten(len(lead)).all(-1) for p in trained]).all(0).reshape(step.n)
+                  if trained else running.new_ones(step.n))
         stats = torch.stack([running / max(n_steps, 1), finite.to(running.dtype)])
         if parallel:  # every process takes the same decision (a lone raise would leave the others waiting)
             runtime.average([stats])
-        mean_loss, weights_ok = stats.tolist()
-        if not math.isfinite(mean_loss):
-            raise DivergedError(f"{desc}: loss became {mean_loss} in epoch {epoch + 1}/{epochs}")
-        if weights_ok < 1:  # the share of processes whose weights are finite
-            raise DivergedError(f"{desc}: weights became non-finite in epoch {epoch + 1}/{epochs}")
-        history.epoch_losses.append(mean_loss)
+        mean_losses, weights_ok = stats.tolist()
+        member = lambda i: f"{desc} (member {i} of {step.n})" if step.n > 1 else desc  # noqa: E731
+        for i, (mean_loss, ok) in enumerate(zip(mean_losses, weights_ok)):
+            if not math.isfinite(mean_loss):
+                raise DivergedError(f"{member(i)}: loss became {mean_loss} in epoch {epoch + 1}/{epochs}")
+            if ok < 1:  # the share of processes whose weights are finite
+                raise DivergedError(f"{member(i)}: weights became non-finite in epoch {epoch + 1}/{epochs}")
+            histories[i].epoch_losses.append(mean_loss)
+        mean_loss = sum(mean_losses) / step.n
         bar.set_postfix(loss=f"{mean_loss:.4f}")
         if on_epoch is not None:
             on_epoch(desc, epoch, mean_loss)
-    return history
+    return histories
+
+
+class StackedModels(nn.Module):
+    """N models of one architecture as one: every weight and buffer stacked on a new first dimension
+    (torch.func.stack_module_state), applied member by member with `vmap` + `functional_call`, so a step of N
+    small models is one batched computation (convolutions become grouped ones) instead of N small ones.
+    Batch-norm running statistics are stacked buffers, updated per member."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        params, buffers = torch.func.stack_module_state(models)
+        self.n = len(models)
+        self._names = list(params)
+        self._buffer_names = list(buffers)
+        # The architecture without storage: functional_call supplies each member's tensors.
+        self._base = [copy.deepcopy(models[0]).to("meta")]
+        # Frozen weights (requires_grad False) stay frozen, as in each model's own loop.
+        self.weights = nn.ParameterList([nn.Parameter(params[name].detach().clone(), requires_grad=params[name].requires_grad)
+                                         for name in self._names])
+        for i, name in enumerate(self._buffer_names):
+            self.register_buffer(f"buffer_{i}", buffers[name].clone())
+
+    def _tensors(self) -> tuple[dict, dict]:
+        return (dict(zip(self._names, self.weights)),
+                {name: getattr(self, f"buffer_{i}") for i, name in enumerate(self._buffer_names)})
+
+    def train(self, mode: bool = True) -> "StackedModels":
+        self._base[0].train(mode)
+        return super().train(mode)
+
+    def vmap(self, objective: Objective, forget: Optional[Batch], retain: Optional[Batch]) -> torch.Tensor:
+        """(N,) losses: `objective(member, forget_i, retain_i)` for every member i, the member a callable
+        model (x -> outputs) over its own weights."""
+        base = self._base[0]
+
+        def member_loss(params, buffers, f, r):
+            return objective(lambda *args: torch.func.functional_call(base, (params, buffers), args), f, r)
+
+        params, buffers = self._tensors()
+        in_dims = (0, 0, None if forget is None else 0, None if retain is None else 0)
+        return torch.func.vmap(member_loss, in_dims=in_dims)(params, buffers, forget, retain)
+
+    def load_into(self, models: list[nn.Module]) -> list[nn.Module]:
+        """Write member i's weights and buffers into `models[i]` (same architecture) and return them."""
+        params, buffers = self._tensors()
+        with torch.no_grad():
+            for i, model in enumerate(models):
+                model.load_state_dict({name: t[i] for name, t in (params | buffers).items()}, strict=False)
+        return models
+
+
+def stackable(model: nn.Module) -> str | None:
+    """Why `model` cannot be trained stacked (None when it can): randomness inside the forward pass (dropout)
+    would be drawn for the stack as a whole, not per member as in its own loop; pruning masks and other
+    parametrisations are per-model state stack_module_state does not carry."""
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        return "it has dropout"
+    if any(hasattr(m, "parametrizations") for m in model.modules()) or any(
+            m._forward_pre_hooks or m._forward_hooks for m in model.modules()):
+        return "it carries masks or forward hooks"
+    return None

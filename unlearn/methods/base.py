@@ -18,7 +18,8 @@ from unlearn.methods.masks import MASKS, FrozenOutsideMask, weight_mask
 from unlearn.models.lora import LoraSettings, prepare_for_training
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Task
-from unlearn.training import OPTIMIZERS, SCHEDULES, STREAM_MODES, OptimConfig, Streams, optimise
+from unlearn.training import (OPTIMIZERS, SCHEDULES, STREAM_MODES, OptimConfig, StackedModels, Streams, optimise,
+                              optimise_stacked, stackable)
 
 if TYPE_CHECKING:
     from unlearn.attribution import Attribution
@@ -95,6 +96,16 @@ class Method:
         """Run time reported as RTE (the measured wall clock of `unlearn`)."""
         return measured
 
+    def why_not_stacked(self) -> str | None:
+        """Why this method cannot unlearn a population of originals as one stacked computation
+        (`unlearn_stacked`); None when it can."""
+        return f"method {self.name} has no stacked form"
+
+    def unlearn_stacked(self, ctxs: Sequence[UnlearnContext]) -> list[nn.Module]:
+        """`unlearn` of each context, as one computation; member i's model is the one `unlearn(ctxs[i])` gives
+        (up to float rounding). Only called when `why_not_stacked()` is None."""
+        raise NotImplementedError
+
     def build_original(self, trainer: OriginalTrainer) -> Optional[tuple[nn.Module, str]]:
         """Exact methods own their original (e.g. SISA's shard ensemble): return it and its cache key,
         training through `trainer`. None (the default): the pipeline trains the plain original."""
@@ -127,6 +138,9 @@ class GradientMethod(Method):
     default_mask: str = "none"
     #: whether `model.lora.r` applies (False for methods that pick the trained weights or run their own loop)
     trains_lora: bool = True
+    #: the objective reads only ctx.task and the batches (not ctx.generator, θo or state of its own), so a
+    #: population of originals can be unlearned stacked (`unlearn_stacked`)
+    stackable_objective: bool = False
     knobs = {"lr": POSITIVE, "epochs": NON_NEGATIVE_INT, "batch_size": COUNT, "optimizer": OneOf(OPTIMIZERS),
              "momentum": FRACTION, "weight_decay": NON_NEGATIVE, "schedule": OneOf(SCHEDULES),
              "stream": OneOf(STREAM_MODES), "mask": OneOf(MASKS), "mask_ratio": Range(0, 1, low_open=True),
@@ -186,12 +200,40 @@ class GradientMethod(Method):
             self._mask_seconds = payload["seconds"]
             self._frozen = FrozenOutsideMask(model, {n: m.to(ctx.runtime.device) for n, m in payload["mask"].items()})
         self.prepare(ctx, model)
-        streams = Streams(forget=ctx.forget if self.uses_forget else None,
-                          retain=ctx.retain if self.uses_retain else None, mode=self.stream)
-        optimise(model, lambda m, f, r: self.objective(ctx, m, f, r), streams, self._optim, ctx.runtime, ctx.generator,
-                 augment=ctx.task.augment, hooks=_MaskedHooks(self, self._frozen), desc=f"unlearn[{self.name}]",
-                 on_epoch=ctx.on_epoch, data_parallel=True)
+        optimise(model, lambda m, f, r: self.objective(ctx, m, f, r), self._streams(ctx), self._optim, ctx.runtime,
+                 ctx.generator, augment=ctx.task.augment, hooks=_MaskedHooks(self, self._frozen),
+                 desc=f"unlearn[{self.name}]", on_epoch=ctx.on_epoch, data_parallel=True)
         return model
+
+    def _streams(self, ctx: UnlearnContext) -> Streams:
+        return Streams(forget=ctx.forget if self.uses_forget else None,
+                       retain=ctx.retain if self.uses_retain else None, mode=self.stream)
+
+    def why_not_stacked(self) -> str | None:
+        own = type(self)
+        if not self.stackable_objective:
+            return f"method {self.name}'s objective is not declared stackable (stackable_objective)"
+        if self.mask != "none":
+            return f"method {self.name} uses a weight mask"
+        if self._lora.enabled or self._checkpointing:
+            return "model.lora.r / gradient checkpointing wrap each model on its own"
+        if self.stream == "union":
+            return "stream=union gives members batches of different sizes"
+        if any(getattr(own, hook) is not getattr(GradientMethod, hook) for hook in ("prepare", "after_backward", "after_step")):
+            return f"method {self.name} has per-model preparation or step hooks"
+        return None
+
+    def unlearn_stacked(self, ctxs: Sequence[UnlearnContext]) -> list[nn.Module]:
+        models = [copy.deepcopy(ctx.original) for ctx in ctxs]
+        reason = stackable(models[0])
+        if reason is not None:
+            raise ValueError(f"unlearn_stacked: the model cannot be stacked ({reason})")
+        stack = StackedModels(models)
+        ctx = ctxs[0]  # the objective reads only ctx.task (stackable_objective), the same in every context
+        optimise_stacked(stack, lambda m, f, r: self.objective(ctx, m, f, r), self._streams(ctx), self._optim,
+                         ctx.runtime, [c.generator for c in ctxs], augment=ctx.task.augment,
+                         desc=f"unlearn[{self.name}] x{len(ctxs)} (stacked)", on_epoch=ctx.on_epoch)
+        return stack.load_into(models)
 
     def reported_seconds(self, measured: float, ctx: UnlearnContext) -> float:
         """The loop's wall clock plus the time the weight mask took to compute (cached or not)."""

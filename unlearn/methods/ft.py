@@ -4,6 +4,7 @@ from unlearn.methods.base import GradientMethod
 
 class FineTune(GradientMethod):
     name = "ft"
+    stackable_objective = True
     uses_forget = False
 
     def objective(self, ctx, model, forget, retain):

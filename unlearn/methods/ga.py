@@ -4,6 +4,7 @@ from unlearn.methods.base import GradientMethod
 
 class GradientAscent(GradientMethod):
     name = "ga"
+    stackable_objective = True
     uses_retain = False
 
     def objective(self, ctx, model, forget, retain):

@@ -5,6 +5,7 @@ from unlearn.knobs import NON_NEGATIVE
 
 class GradDiff(GradientMethod):
     name = "graddiff"
+    stackable_objective = True
 
     knobs = {"alpha": NON_NEGATIVE}
 

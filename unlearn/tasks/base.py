@@ -18,7 +18,7 @@ from torch import nn
 from unlearn.data.forget import ForgetBuilder, ForgetSet
 from unlearn.data.tensordata import Batch, DataBundle, TensorData
 from unlearn.runtime import Runtime
-from unlearn.training import OptimConfig, Streams, optimise
+from unlearn.training import OptimConfig, StackedModels, Streams, optimise, optimise_stacked
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -54,6 +54,9 @@ class Task(ABC):
     #: whether `relabel` can make a stand-in target for forget examples (methods with `relabels` need it)
     can_relabel: bool = True
     relabel_note: str = ""
+    #: whether models of this task may be trained stacked (`fit_stacked`): its loss and augmentation draw every
+    #: random number from the member's own generator, none from torch's global RNG (shared by a stack)
+    stackable: bool = False
 
     def check_forget(self, builder: ForgetBuilder) -> None:
         """Raise ConfigError if this task cannot evaluate forget sets of this kind (runs before any training)."""
@@ -79,9 +82,28 @@ class Task(ABC):
             generator: torch.Generator, desc: str = "fit",
             on_epoch: Optional[Callable[[str, int, float], None]] = None) -> nn.Module:
         """Train `model` on `data` by minimising the mean loss (the original and the oracles)."""
-        optimise(model, lambda m, _forget, retain: self.loss(m, retain).mean(), Streams(retain=data, mode="retain"),
+        self.init_model(model, data)
+        optimise(model, self._fit_objective, Streams(retain=data, mode="retain"),
                  recipe, runtime, generator, augment=self.augment, desc=desc, on_epoch=on_epoch)
         return model
+
+    def fit_stacked(self, models: list[nn.Module], data: TensorData, recipe: OptimConfig, runtime: Runtime,
+                    generators: list[torch.Generator], desc: str = "fit",
+                    on_epoch: Optional[Callable[[str, int, float], None]] = None) -> list[nn.Module]:
+        """`fit` for N models at once (tasks with `stackable`): member i as `fit` with `generators[i]`."""
+        for model in models:
+            self.init_model(model, data)
+        stack = StackedModels(models)
+        optimise_stacked(stack, self._fit_objective, Streams(retain=data, mode="retain"), recipe, runtime, generators,
+                         augment=self.augment, desc=desc, on_epoch=on_epoch)
+        return stack.load_into(models)
+
+    def init_model(self, model: nn.Module, data: TensorData) -> None:
+        """A fresh model's data-dependent initialisation from the data it will be trained on (e.g. airbench's
+        whitening). Nothing by default."""
+
+    def _fit_objective(self, model, _forget, retain) -> torch.Tensor:
+        return self.loss(model, retain).mean()
 
     @abstractmethod
     def evaluate(self, model: nn.Module, splits: Splits, runtime: Runtime, seed: int) -> dict[str, float]:

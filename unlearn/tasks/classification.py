@@ -39,6 +39,7 @@ class ClassificationTask(Task):
     gap_metrics = ("UA", "RA", "TA", "MIA")
     utility_metrics = ("RA", "TA")
     has_example_statistics = True
+    stackable = True  # cross-entropy, and crop/flip drawn from the step's generator
 
     knobs = {"num_classes": Range(2, integer=True), "crop_padding": NON_NEGATIVE_INT}
 
@@ -47,6 +48,13 @@ class ClassificationTask(Task):
         self.crop_padding = int(crop_padding)
         self.flip = bool(flip)
         self.eval_batch_size = int(eval_batch_size)
+
+    def init_model(self, model: nn.Module, data: TensorData) -> None:
+        """Models with a data-dependent first layer (`init_from_data(images)`, airbench's whitening) get it from
+        the images they are about to be trained on."""
+        init = getattr(model, "init_from_data", None)
+        if init is not None:
+            init(data["x"])
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(model(batch["x"]).float(), batch["y"], reduction="none")
