@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearn.errors import ShapeError
+from unlearn.errors import ConfigError, ShapeError
+from unlearn.methods.cdc import project_conflicting
 from unlearn.methods.rece import adversarial_embedding
+from unlearn.models.prompt_embeddings import insert_slots
 from unlearn.pipeline import Experiment
 
 from conftest import compose_config
@@ -36,9 +38,36 @@ def test_rece_adversarial_embedding_on_hand_built_matrices():
         adversarial_embedding([eye], [eye], c, 0.0)
 
 
+def test_cdc_projection_is_the_true_projection():
+    g_u, g_p = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    # g_u·g_p = −1, ‖g_p‖² = 2: g_u − (−1/2)·g_p = (0.5, 0.5), orthogonal to g_p.
+    projected = project_conflicting(g_u, g_p)
+    assert torch.allclose(projected, torch.tensor([0.5, 0.5])) and float(projected @ g_p) == 0.0
+    # The same with g_u scaled by 10: the projection scales with it (a unit-normalised term would not).
+    assert torch.allclose(project_conflicting(10 * g_u, g_p), torch.tensor([5.0, 5.0]))
+    assert torch.equal(project_conflicting(g_u, -g_p), g_u)            # no conflict: unchanged
+    assert torch.equal(project_conflicting(g_u, torch.zeros(2)), g_u)
+    with pytest.raises(ValueError):
+        project_conflicting(g_u, torch.zeros(3))
+
+
+def test_insert_slots_shifts_the_prompt_and_refuses_what_does_not_fit():
+    pad = 9
+    ids = torch.tensor([[7, 1, 2, pad, pad, pad]])       # BOS, two words, EOS (= pad), padding
+    out, mask = insert_slots(ids, 2, pad)
+    assert out.tolist() == [[7, pad, pad, 1, 2, pad]] and mask.tolist() == [[False, True, True, False, False, False]]
+    with pytest.raises(ConfigError, match="do not fit"):
+        insert_slots(ids, 3, pad)                          # the EOS would fall off
+    with pytest.raises(ConfigError):
+        insert_slots(ids, 0, pad)
+
+
 # ---- the methods through the real pipeline ----------------------------------------------------------------------
 METHODS = {
     "rece": ["method=rece"],
+    "advunlearn": ["method=advunlearn", "method.sampling_steps=8", "method.epochs=16", "method.warmup=4",
+                   "method.attack_steps=2"],
+    "cdc": ["method=cdc", "method.sampling_steps=8", "method.epochs=30", "method.disc_warmup=4"],
 }
 
 
@@ -60,3 +89,7 @@ def test_robust_methods_erase_the_concept(method, run_experiment, shared_cache):
     moved = changed_parameters(unlearned, base)
     if method == "rece":
         assert set(moved) == kv_names(unlearned)
+    elif method == "advunlearn":  # the text encoder's layers and final norm, not its embeddings
+        assert moved and all(n.startswith("text_encoder.") and "embeddings." not in n for n in moved)
+    else:
+        assert moved and all(n.startswith("unet.") and ".attn2." in n for n in moved)
