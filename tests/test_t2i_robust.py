@@ -93,3 +93,78 @@ def test_robust_methods_erase_the_concept(method, run_experiment, shared_cache):
         assert moved and all(n.startswith("text_encoder.") and "embeddings." not in n for n in moved)
     else:
         assert moved and all(n.startswith("unet.") and ".attn2." in n for n in moved)
+
+
+def test_simplex_projection_on_hand_computed_values():
+    from unlearn.attacks.prompt import project_simplex
+
+    assert torch.allclose(project_simplex(torch.tensor([0.3, 0.7])), torch.tensor([0.3, 0.7]))  # already on it
+    assert torch.allclose(project_simplex(torch.tensor([1.0, 1.0])), torch.tensor([0.5, 0.5]))
+    assert torch.allclose(project_simplex(torch.tensor([2.0, 0.0])), torch.tensor([1.0, 0.0]))
+    # sorted (0.6, 0.6, −0.2): two positive coordinates, θ = (1.2 − 1)/2 = 0.1.
+    assert torch.allclose(project_simplex(torch.tensor([[0.6, -0.2, 0.6]])), torch.tensor([[0.5, 0.0, 0.5]]))
+
+
+def test_attacked_prompts_replace_only_the_attacked_prompts():
+    from unlearn.attacks.prompts import AttackedPrompts
+    from unlearn.data.shapes_t2i import vocabulary
+    from unlearn.models.t2i import TinyTextToImage
+
+    torch.manual_seed(0)
+    model = TinyTextToImage(vocabulary(), block_out_channels=(16, 32), text_width=32).eval()
+    ids = model.tokenize(["a white circle on black", "a red circle on black", "a white ring on gray"])
+    replaced = torch.randn(1, *model.encode_text(ids[:1]).shape[1:])
+    attacked = AttackedPrompts(model, ids[:1], replaced)
+    states, base = attacked.encode_text(ids), model.encode_text(ids)
+    assert torch.allclose(states[0], replaced[0]) and torch.equal(states[1:], base[1:])
+    assert not attacked.training and attacked.unet is model.unet
+
+
+# ---- the attacks through the real pipeline ----------------------------------------------------------------------
+ATTACKS = {
+    "prompt": ["attack=prompt", "attack.steps=4", "attack.draws=2"],
+    "ringabell": ["attack=ringabell"],
+    "textual_inversion": ["attack=textual_inversion", "attack.steps=30"],
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_attacks_report_success_rates_on_the_three_models(attack, run_experiment):
+    row = run_experiment(*TINY_T2I, "method=uce", *ATTACKS[attack], tiny=False)
+    assert row["status"] == "ok"
+    m, original, oracle = row["metrics"], row["reference"]["original"], row["reference"]["oracle"]
+    for metrics in (m, original, oracle):
+        assert {f"{attack}.{k}" for k in ("UA", "IRA", "CRA", "pre_ASR", "ASR", "cost_s")} <= set(metrics)
+        # pre-ASR counts the unattacked generations of the target prompts with the evaluation's own noise.
+        assert metrics[f"{attack}.pre_ASR"] == pytest.approx(100 - metrics["UA"])
+        assert metrics[f"{attack}.ASR"] >= metrics[f"{attack}.pre_ASR"] and metrics[f"{attack}.cost_s"] >= 0
+    assert original[f"{attack}.pre_ASR"] >= 90  # the original draws the concept
+    assert f"{attack}.ASR" not in row["gap"]
+    if attack == "prompt":  # the inserted tokens change the target prompts' denoising (a no-op would not)
+        assert m["prompt.forget_mse"] != m["forget_mse"]
+    else:  # these two bring UCE's erased concept back on this world
+        assert m[f"{attack}.ASR"] >= m[f"{attack}.pre_ASR"] + 10, (m[f"{attack}.ASR"], m[f"{attack}.pre_ASR"])
+
+
+# ---- bad input: one ConfigError before anything trains, nothing written ---------------------------------------
+@pytest.mark.parametrize("overrides, message", [
+    (["method=uce", "attack=prompt", "attack.tokens=0"], "attack.tokens"),
+    (["method=uce", "attack=prompt", "attack.steps=0"], "attack.steps"),
+    (["method=uce", "attack=textual_inversion", "attack.steps=0"], "attack.steps"),
+    (["method=advunlearn", "method.tokens=0"], "method.tokens"),
+    (["method=advunlearn", "method.attack_steps=0"], "method.attack_steps"),
+    (["method=advunlearn", "method.retain_prompts=[]"], "retain_prompts is empty"),
+    (["method=cdc", "forget.anchor=white"], "forget.anchor"),
+])
+def test_bad_robust_settings_fail_before_training(tmp_path, overrides, message):
+    cache = tmp_path / "cache"
+    with pytest.raises(ConfigError, match=message):
+        Experiment(compose_config(*TINY_T2I, *overrides, f"cache_dir={cache}")).run()
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_prompt_attacks_refuse_tasks_without_prompts(tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(ConfigError, match="text-to-image"):
+        Experiment(compose_config("data=digits", "method=ga", "attack=ringabell", f"cache_dir={cache}"))
+    assert not cache.exists() or not any(cache.iterdir())
