@@ -168,3 +168,38 @@ def test_prompt_attacks_refuse_tasks_without_prompts(tmp_path):
     with pytest.raises(ConfigError, match="text-to-image"):
         Experiment(compose_config("data=digits", "method=ga", "attack=ringabell", f"cache_dir={cache}"))
     assert not cache.exists() or not any(cache.iterdir())
+
+
+# ---- the saved tiny Stable Diffusion pipeline (model=sd_pretrained) ------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    from test_t2i_sd import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.mark.parametrize("method, attack, kind", [
+    (["method=rece"], ["attack=prompt", "attack.steps=2", "attack.draws=1"], "kv"),
+    (["method=advunlearn", "method.epochs=2", "method.warmup=1", "method.attack_steps=1", "method.sampling_steps=4"],
+     ["attack=textual_inversion", "attack.steps=2"], "text_encoder"),
+    (["method=cdc", "method.epochs=2", "method.disc_warmup=1", "method.sampling_steps=4"], ["attack=ringabell"], "attn2"),
+])
+def test_robust_methods_and_attacks_run_on_a_saved_pipeline(tiny_pipeline, run_experiment, method, attack, kind):
+    from safetensors.torch import load_file
+
+    from test_t2i_sd import SD
+    from test_t2i import TINY_WORLD
+    from unlearn.models.sd import CHANGED
+
+    row = run_experiment(*TINY_WORLD, *SD, f"model.path={tiny_pipeline}", *method, *attack, tiny=False)
+    assert row["status"] == "ok" and row["model"] == "StableDiffusion"
+    prefix = attack[0].split("=")[1]
+    assert {f"{prefix}.pre_ASR", f"{prefix}.ASR", f"{prefix}.UA"} <= set(row["metrics"])
+    changed = load_file(str(Path(row["run_dir"]) / "model" / CHANGED))
+    assert changed
+    if kind == "kv":
+        assert all(".attn2.to_k." in n or ".attn2.to_v." in n for n in changed)
+    elif kind == "text_encoder":
+        assert all(n.startswith("text_encoder.") and "embeddings." not in n for n in changed)
+    else:
+        assert all(n.startswith("unet.") and ".attn2." in n for n in changed)
