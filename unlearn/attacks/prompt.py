@@ -51,7 +51,7 @@ class PromptOptimisation(PromptAttack):
     name = "prompt"
     knobs = {"tokens": COUNT, "steps": COUNT, "lr": POSITIVE, "draws": COUNT, "decode": OneOf((True, False))}
 
-    def __init__(self, tokens: int = 3, steps: int = 40, lr: float = 0.01, draws: int = 4, decode: bool = True):
+    def __init__(self, tokens: int = 2, steps: int = 40, lr: float = 0.01, draws: int = 4, decode: bool = True):
         self.tokens, self.steps, self.lr, self.decode = int(tokens), int(steps), float(lr), bool(decode)
         self.draws = int(draws)
 
