@@ -117,7 +117,7 @@ class CDC(GradientMethod):
         with torch.no_grad():
             states = frozen.encode_text(ids)
         n_prompts = len(concept_texts)
-        concept_ids, anchor_ids = ids[:n_prompts], ids[n_prompts : 2 * n_prompts]
+        concept_ids = ids[:n_prompts]
         uncond = states[-1:]
         # Prior preservation on real images of the anchor (training items whose prompt names it).
         anchor_rows = [i for i, text in enumerate(task.prompts) if request.anchor in prompt_words(text)]
