@@ -85,6 +85,8 @@ class Experiment:
                               f"{self.task.kind} task does not define; use eval.oracles=1")
         self.attributor: Trak = build(cfg.attribution)
         self.attack: Attack | None = build(cfg.attack) if cfg.get("attack") is not None else None
+        if self.attack is not None:
+            self.attack.check(self.task)
         self._data: tuple[DataBundle, str] | None = None
         self._forget: tuple[ForgetSet, str] | None = None
         self._attribution: Attribution | None = None
@@ -492,20 +494,22 @@ class Experiment:
         """The attack's metrics of one model, `<prefix>.<metric>`; NaN for a diverged model or attack. For the
         original and the oracle (`model_key` given) they are deterministic, so cached like reference metrics."""
         prefix = self.attack.prefix
-        failed = {f"{prefix}.{name}": float("nan") for name in names}
+        failed = {f"{prefix}.{name}": float("nan") for name in [*names, *self.attack.figure_names]}
         if model is None:
             return failed
 
         def compute() -> dict[str, float]:
             self.seed_stage(art.model_seed, "attack")
             ctx = AttackContext(self.task, splits.forget, splits.retain, self.runtime,
-                                self.runtime.generator(art.model_seed, "attack"))
+                                self.runtime.generator(art.model_seed, "attack"), original=art.original,
+                                eval_seed=int(self.cfg.eval.seed))
             try:
                 attacked = self.attack.attack(model, ctx)
             except DivergedError as exc:
                 log.warning("attack %s diverged: %s", prefix, exc)
                 return failed
-            return {f"{prefix}.{name}": value for name, value in self.evaluate(attacked, art.oracle, splits).items()}
+            metrics = self.evaluate(attacked, art.oracle, splits) | self.attack.figures(model, attacked, ctx)
+            return {f"{prefix}.{name}": value for name, value in metrics.items()}
 
         if model_key is None:
             return compute()

@@ -7,7 +7,7 @@ random draws, runs on the unlearned model, the original and the oracle, so the t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -24,19 +24,30 @@ class AttackContext:
     retain: TensorData
     runtime: Runtime
     generator: torch.Generator      # the attack's own seeded stream: the same draws for every attacked model
+    original: Optional[nn.Module] = None  # θo (prompt attacks denoise images it generates); never modified
+    eval_seed: int = 0              # the evaluation's seed (the noise generations are made from)
 
 
 class Attack:
     """A probe θ → θ' of one model; `prefix` names its metrics. Never modifies the model it is given."""
 
     name: str = "attack"
+    figure_names: tuple[str, ...] = ()  # what `figures` reports (NaN for a model that diverged)
 
     @property
     def prefix(self) -> str:
         return self.name
 
+    def check(self, task: Task) -> None:
+        """Raise ConfigError if this attack cannot probe `task`'s models (called before anything trains)."""
+
     def attack(self, model: nn.Module, ctx: AttackContext) -> nn.Module:
         raise NotImplementedError
+
+    def figures(self, model: nn.Module, attacked: nn.Module, ctx: AttackContext) -> dict[str, float]:
+        """Figures of the attack itself (e.g. its success rate and cost), reported beside the task's metrics of
+        the attacked model under the same prefix. None by default."""
+        return {}
 
     def cache_fields(self) -> dict[str, Any]:
         """What the attacked metrics of a fixed model depend on (part of their cache key)."""

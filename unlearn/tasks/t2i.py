@@ -295,6 +295,13 @@ class TextToImageTask(Task):
             metrics[f"gen_acc_{axis}"] = retain_accuracy(judged[canonical, k], labels[canonical, k])
         return metrics
 
+    def target_success(self, model: nn.Module, runtime: Runtime, seed: int) -> np.ndarray:
+        """(N,) bool, one per generation of the target prompts (`samples_per_prompt` each, noise from `seed`):
+        whether the judge assigns it the erased concept. Attack success rates (ASR) count these."""
+        prompts = self.groups["target"][0].repeat_interleave(self.samples_per_prompt)
+        judged, _ = self.judge_outputs(self.sample(model, prompts, runtime, seed), runtime)
+        return judged[:, list(self.axes).index(self.request.axis)] == self.request.value
+
     def save_pictures(self, run_dir: Path, models: dict[str, nn.Module], runtime: Runtime, seed: int) -> None:
         """generations.png: one row per model, the same prompts and noise for each — target prompts, their
         synonym and held-out versions, the near neighbour and other prompts — `picture_samples` each."""
