@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 import torch
 
 from unlearn.cache import content_key
 from unlearn.config import compose_config
 from unlearn.data.tensordata import TensorData
-from unlearn.errors import DivergedError
+from unlearn.errors import ConfigError, DivergedError
 from unlearn.models.cnn import SmallCNN
 from unlearn.pipeline import Experiment
 from unlearn.runtime import Runtime
@@ -85,7 +86,7 @@ def test_union_stream_is_refused(setting):
 
 
 def experiment(tmp_path, *overrides) -> Experiment:
-    return Experiment(compose_config(*TINY, "data.train.epochs=4", f"cache_dir={tmp_path / 'cache'}",
+    return Experiment(compose_config(*TINY, "data.train.epochs=4", "eval.stacked=true", f"cache_dir={tmp_path / 'cache'}",
                                      f"results_dir={tmp_path / 'out'}", *overrides))
 
 
@@ -138,3 +139,7 @@ def test_methods_that_cannot_be_stacked_fall_back_and_say_so(tmp_path, caplog):
 def test_stacking_can_be_switched_off(tmp_path):
     exp = experiment(tmp_path, "eval.oracles=3", "eval.stacked=false")
     assert exp.why_not_stacked() == "eval.stacked=false" and not exp.stacked_member(exp.member_seeds(3)[1])
+    auto = experiment(tmp_path, "eval.oracles=3", "eval.stacked=auto")  # on CPU, where stacking measured slower
+    assert "GPU only" in auto.why_not_stacked() and not auto.stacked_member(auto.member_seeds(3)[1])
+    with pytest.raises(ConfigError, match="eval.stacked"):
+        experiment(tmp_path, "eval.stacked=sometimes")

@@ -80,6 +80,8 @@ class Experiment:
         self.n_models = int(cfg.eval.oracles)
         if self.n_models < 1:
             raise ConfigError(f"eval.oracles must be >= 1 (1 = the run's own oracle only), got {self.n_models}")
+        if cfg.eval.get("stacked", "auto") not in ("auto", True, False):
+            raise ConfigError(f"eval.stacked={cfg.eval.stacked!r} must be auto, true or false")
         if self.n_models > 1 and not self.task.has_example_statistics:
             raise ConfigError(f"eval.oracles={self.n_models} needs a per-example statistic, which the "
                               f"{self.task.kind} task does not define; use eval.oracles=1")
@@ -324,7 +326,12 @@ class Experiment:
         return self._stack_refusal or None
 
     def _stack_refusal_reason(self) -> str:
-        return ("eval.stacked=false" if not self.cfg.eval.get("stacked", True) else
+        stacked = self.cfg.eval.get("stacked", "auto")
+        # auto: stacked on a GPU only; on CPU it measured slower than one model after another
+        # (results/throughput_cpu.md, results/population_scale.md).
+        return ("eval.stacked=false" if stacked is False else
+                "eval.stacked=auto trains stacked on a GPU only (slower on CPU)" if stacked == "auto" and
+                self.runtime.device.type == "cpu" else
                 "the task draws from torch's global RNG" if not self.task.stackable else
                 "pruning gives each member masks of its own" if self.pruner is not None else
                 stackable(self.new_model(self.seed, "probe")) or "")
