@@ -29,6 +29,17 @@ def timed_run(overrides: list[str], env: dict[str, str], results: str) -> float:
     return time.perf_counter() - start
 
 
+def stage_seconds(results: str) -> str:
+    """The cold run's stages, from its row: world + judge, original, oracle, the method (RTE)."""
+    import json
+
+    row = json.loads(Path(results, "default", "table.jsonl").read_text().splitlines()[-1])
+    t = row["timings"]
+    return (f"world + judge {t['data_s']:.1f} s, original {t['original_s']:.1f} s, oracle {t['oracle_s']:.1f} s, "
+            f"method {row['metrics']['RTE_s']:.1f} s; the rest is "
+            f"evaluation and start-up")
+
+
 def judge_and_uce(overrides: list[str], cache_dir: str) -> None:
     import torch
 
@@ -72,8 +83,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "UNLEARN_CACHE": os.path.join(tmp, "cache")}
         cold = timed_run(overrides, env, os.path.join(tmp, "out"))
+        stages = stage_seconds(os.path.join(tmp, "out"))
         warm = timed_run(overrides, env, os.path.join(tmp, "out"))
-        print(f"  cold (empty cache): {cold:6.1f} s")
+        print(f"  cold (empty cache): {cold:6.1f} s   ({stages})")
         print(f"  warm (cached judge, original, oracle): {warm:6.1f} s")
         judge_and_uce(overrides, os.path.join(tmp, "cache"))
 

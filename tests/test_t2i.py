@@ -110,6 +110,11 @@ def test_cross_attention_methods_refuse_models_without_it(tmp_path, method):
     with pytest.raises(UnlearnError, match="supports: t2i"):
         Experiment(compose_config("data=digits_gen", f"method={method}", f"cache_dir={cache}"))
     assert _nothing_written(cache)
+    # A t2i model without cross-attention: refused from its config, before the judge or anything else trains.
+    no_attention = ["model.down_block_types=[DownBlock2D,DownBlock2D]", "model.up_block_types=[UpBlock2D,UpBlock2D]"]
+    with pytest.raises(ConfigError, match="has none: its down/up block types name no CrossAttn"):
+        Experiment(compose_config(*TINY_T2I, f"method={method}", *no_attention, f"cache_dir={cache}")).run()
+    assert _nothing_written(cache)
     with pytest.raises(ConfigError, match="needs cross-attention"):
         build_model_without_cross_attention()
 

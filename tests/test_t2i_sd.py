@@ -81,3 +81,13 @@ def test_sd_needs_a_loadable_path(tmp_path):
         StableDiffusion(path=None)
     with pytest.raises(ConfigError, match="not a loadable StableDiffusionPipeline"):
         StableDiffusion(path=str(tmp_path / "missing"), local_files_only=True)
+
+
+def test_sd_config_tells_whether_its_unet_has_cross_attention(tiny_pipeline, tmp_path):
+    from unlearn.models.sd import StableDiffusion
+
+    assert StableDiffusion.configured_cross_attention({"path": str(tiny_pipeline)}) is True
+    assert StableDiffusion.configured_cross_attention({"path": "some/hub-id"}) is None  # known only once loaded
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text('{"down_block_types": ["DownBlock2D"], "up_block_types": ["UpBlock2D"]}')
+    assert StableDiffusion.configured_cross_attention({"path": str(tmp_path)}) is False

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from unlearn.data.concept import ConceptForget, replace_word
-from unlearn.data.shapes_t2i import AXES, HELD_OUT_TEMPLATE, TEMPLATES, load_shapes_t2i, prompt_table, vocabulary
+from unlearn.data.shapes_t2i import (AXES, HELD_OUT_TEMPLATE, TEMPLATES, WORD_TEMPLATE, load_shapes_t2i, prompt_table,
+                                     vocabulary)
 from unlearn.errors import ConfigError, ShapeError
 from unlearn.eval.t2i import cross_axis_accuracy, retain_accuracy, unlearning_accuracy
 from unlearn.methods.uce import uce_edit
@@ -28,19 +29,31 @@ def test_world_is_deterministic_and_labelled(world):
     assert not torch.equal(world.train["x"], other.train["x"])
     assert world.train["x"].shape == (75 * 4, 3, 16, 16)
     assert world.train["x"].min() >= -1 and world.train["x"].max() <= 1
-    texts = world.info["prompts"]
-    for i in range(0, len(world.train), 37):  # every prompt names the item's value on every axis (or its synonym)
-        words = texts[int(world.train["prompt"][i])].split()
-        for axis, values in AXES.items():
-            value = values[int(world.train[axis][i])]
-            assert value in words or world.info["synonyms"].get(value) in words
+    texts, table = world.info["prompts"], prompt_table()
+    for i in range(0, len(world.train), 7):  # a prompt names the item's value on every axis (or its synonym) ...
+        prompt = int(world.train["prompt"][i])
+        words = texts[prompt].split()
+        named = [value in words or world.info["synonyms"].get(value) in words
+                 for value in (values[int(world.train[axis][i])] for axis, values in AXES.items())]
+        if table["template"][prompt] == WORD_TEMPLATE:  # ... or is one of them alone
+            assert len(words) == 1 and sum(named) == 1
+        else:
+            assert all(named)
+
+
+def test_one_word_prompts_train_at_their_rate_and_only_in_train():
+    data = load_shapes_t2i(train_per_combo=16, test_per_combo=2, val_per_combo=0, word_prompt_rate=0.1)
+    assert 0.07 < data.info["word_prompt_share"] < 0.13
+    table = prompt_table()
+    assert all(table["template"][int(p)] != WORD_TEMPLATE for p in data.test["prompt"])
+    assert "red" in data.info["prompts"] and "crimson" in data.info["prompts"]
 
 
 def test_held_out_template_never_trains_but_uses_training_words(world):
     table = prompt_table()
     held_out = len(TEMPLATES)
     used = {table["template"][int(p)] for p in world.train["prompt"]}
-    assert held_out not in used and used == set(range(len(TEMPLATES)))
+    assert held_out not in used and used == {*range(len(TEMPLATES)), WORD_TEMPLATE}
     training_words = {w for t in TEMPLATES for w in t.split() if not w.startswith("{")}
     assert {w for w in HELD_OUT_TEMPLATE.split() if not w.startswith("{")} <= training_words
 
@@ -71,7 +84,7 @@ def test_concept_infers_axis_synonyms_neighbour_and_defaults(world):
     assert (shape.axis, shape.neighbour, shape.guide, shape.anchor) == ("shape", "ring", "square", "cross")
 
 
-def test_concept_forget_set_is_every_item_whose_prompt_names_it(world):
+def test_concept_forget_set_is_every_item_that_shows_or_names_it(world):
     forget = ConceptForget("red").build(world, seed=0)
     names_red = world.train["colour"].numpy() == 0
     assert np.array_equal(forget.indices, np.flatnonzero(names_red))

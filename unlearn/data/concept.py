@@ -6,8 +6,8 @@ synonym. The request holds the concept, its axis and words (the value and its sy
 its text is mapped to (UCE; default the empty prompt), the concepts to preserve (UCE; default the other values
 of the axis), the anchor that replaces it in relabelled prompts (SalUn's pseudo concept; default the next
 value of the axis that is not a near neighbour), and its near neighbour. The forget set is every training item
-whose prompt contains one of the concept's words, so the oracle is the same recipe trained on the world without
-the concept.
+whose prompt contains one of the concept's words or whose image shows it, so the oracle is the same recipe trained
+on the world without the concept.
 """
 from __future__ import annotations
 
@@ -115,7 +115,10 @@ class ConceptForget(ForgetBuilder):
         request = self.resolve(data)
         texts = data.info["prompts"]
         names_it = np.array([any(w in request.words for w in prompt_words(t)) for t in texts])
-        indices = np.flatnonzero(names_it[data.train["prompt"].cpu().numpy()])
+        # Every image of the concept, whether or not its prompt names it ("circle" for a red circle), and every
+        # prompt naming it: the oracle never sees the concept in either.
+        shows_it = data.train[request.axis].cpu().numpy() == request.value
+        indices = np.flatnonzero(names_it[data.train["prompt"].cpu().numpy()] | shows_it)
         description: dict[str, Any] = {"builder": self.name, "concept": request.concept, "axis": request.axis,
                                        "size": int(len(indices))}
         return ForgetSet(indices=indices, test_indices=None, description=description)

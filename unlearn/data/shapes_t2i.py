@@ -5,7 +5,9 @@ background (black, gray, white) — give 75 combinations, each drawn `train_per_
 (position, size, colour, background). Every training image gets a prompt from one of the training templates;
 some words have a synonym that replaces them in about 20% of training prompts, so the model learns both.
 One template is held out of training (made of the same words, in another order), and the world has built-in
-near neighbours (circle/ring, red/orange) whose damage a concept erasure should avoid.
+near neighbours (circle/ring, red/orange) whose damage a concept erasure should avoid. A share
+(`word_prompt_rate`) of training images is captioned by one of its words alone ("red", "circle"), so that,
+as in Stable Diffusion, the concept's own word is a prompt the model knows (ESD's prompt is the concept alone).
 
 Every split carries, per image: `x` (3, H, W) in [-1, 1], `prompt` (an index into the world's prompt table,
 `info["prompts"]`), the label of each axis (`shape`, `colour`, `background`) and `pseudo_prompt`, the prompt
@@ -44,13 +46,16 @@ TEMPLATES = (
     "{background} background with a {colour} {shape}",
 )
 HELD_OUT_TEMPLATE = "a {colour} {shape} on a {background} background"
+WORD_TEMPLATE = len(TEMPLATES) + 1  # template id of the one-word prompts ("red"); the held-out one is len(TEMPLATES)
+NO_LABEL = -1  # an axis a one-word prompt does not name
 SUPERSAMPLE = 4  # shapes are drawn at 4x and average-pooled, for anti-aliased edges
 
 
 def prompt_table() -> dict[str, list]:
     """Every prompt of the world: each combination × template (training ones, then the held-out one) ×
-    choice of synonyms. Returns parallel lists: text, the label of each axis, template id (the held-out one
-    is `len(TEMPLATES)`), and whether any synonym is used."""
+    choice of synonyms, then every word alone (values and synonyms). Returns parallel lists: text, the label of
+    each axis (`NO_LABEL` for an axis a one-word prompt does not name), template id (the held-out one is
+    `len(TEMPLATES)`, one-word prompts `WORD_TEMPLATE`), and whether any synonym is used."""
     table: dict[str, list] = {"text": [], "template": [], "synonym": [], **{axis: [] for axis in AXES}}
     for labels in itertools.product(*(range(len(v)) for v in AXES.values())):
         values = [AXES[axis][k] for axis, k in zip(AXES, labels)]
@@ -62,6 +67,14 @@ def prompt_table() -> dict[str, list]:
                 table["synonym"].append(any(w != v for w, v in zip(words, values)))
                 for axis, k in zip(AXES, labels):
                     table[axis].append(k)
+    for axis, values in AXES.items():
+        for k, value in enumerate(values):
+            for word in (value, SYNONYMS[value]) if value in SYNONYMS else (value,):
+                table["text"].append(word)
+                table["template"].append(WORD_TEMPLATE)
+                table["synonym"].append(word != value)
+                for other in AXES:
+                    table[other].append(k if other == axis else NO_LABEL)
     return table
 
 
@@ -86,12 +99,17 @@ def _inside(shape: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     raise ConfigError(f"unknown shape {shape!r}; the world's shapes are {AXES['shape']}")
 
 
-def render(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+RADIUS = 0.36  # a shape's mean radius, as a fraction of the image side
+
+
+def render(labels: np.ndarray, size: int, rng: np.random.Generator, position_jitter: float = 0.04,
+           size_jitter: float = 0.08) -> np.ndarray:
     """Images (N, 3, size, size) in [0, 1] for rows of (shape, colour, background) labels: each shape jittered
-    in position, size and colour, on a slightly noisy flat background, drawn at 4x and average-pooled."""
+    in position (centre ± `position_jitter` of the side), size (radius ± `size_jitter` of itself) and colour,
+    on a slightly noisy flat background, drawn at 4x and average-pooled."""
     count, n = len(labels), size * SUPERSAMPLE
-    centre = (n - 1) / 2 + rng.uniform(-0.1, 0.1, size=(count, 2)) * n
-    radius = rng.uniform(0.27, 0.36, size=count) * n
+    centre = (n - 1) / 2 + rng.uniform(-position_jitter, position_jitter, size=(count, 2)) * n
+    radius = RADIUS * rng.uniform(1 - size_jitter, 1 + size_jitter, size=count) * n
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
     dy = (yy[None] - centre[:, 0, None, None]) / radius[:, None, None]
     dx = (xx[None] - centre[:, 1, None, None]) / radius[:, None, None]
@@ -108,8 +126,8 @@ def render(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarra
     return (cover * ink + (1 - cover) * back).astype(np.float32)
 
 
-def _draw(per_combo: int, size: int, rng: np.random.Generator, synonym_rate: float,
-          lookup: dict[str, int]) -> TensorData:
+def _draw(per_combo: int, size: int, rng: np.random.Generator, synonym_rate: float, word_prompt_rate: float,
+          lookup: dict[str, int], jitter: tuple[float, float]) -> TensorData:
     combos = np.array(list(itertools.product(*(range(len(v)) for v in AXES.values()))))
     labels = np.repeat(combos, per_combo, axis=0)
     prompts = []
@@ -117,17 +135,22 @@ def _draw(per_combo: int, size: int, rng: np.random.Generator, synonym_rate: flo
         values = [AXES[axis][k] for axis, k in zip(AXES, row)]
         template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
         words = [SYNONYMS[v] if v in SYNONYMS and rng.random() < synonym_rate else v for v in values]
-        prompts.append(lookup[template.format(**dict(zip(AXES, words)))])
-    x = torch.from_numpy(render(labels, size, rng)) * 2 - 1
+        one_word = rng.random() < word_prompt_rate
+        prompts.append(lookup[words[int(rng.integers(len(words)))] if one_word else
+                              template.format(**dict(zip(AXES, words)))])
+    x = torch.from_numpy(render(labels, size, rng, *jitter)) * 2 - 1
     prompt = torch.tensor(prompts, dtype=torch.long)
     return TensorData(x=x.contiguous(), prompt=prompt, pseudo_prompt=torch.full_like(prompt, NOISE_TARGET),
                       **{axis: torch.from_numpy(labels[:, a].copy()) for a, axis in enumerate(AXES)})
 
 
 def load_shapes_t2i(image_size: int = 16, train_per_combo: int = 16, val_per_combo: int = 1, test_per_combo: int = 4,
-                    synonym_rate: float = 0.2, seed: int = 0) -> DataBundle:
+                    synonym_rate: float = 0.2, word_prompt_rate: float = 0.1, position_jitter: float = 0.04,
+                    size_jitter: float = 0.08, seed: int = 0) -> DataBundle:
     """The world, deterministic for `seed` (see the module docstring). `synonym_rate` is the chance that a
-    word with a synonym is written as the synonym in a training prompt."""
+    word with a synonym is written as the synonym in a training prompt; `word_prompt_rate` the chance that a
+    training image's prompt is one of its words alone (only in train; evaluation uses the templates);
+    `position_jitter` and `size_jitter` as in `render`."""
     if image_size < 8:
         raise ConfigError(f"data.image_size={image_size}: shapes need at least 8x8 pixels")
     if train_per_combo < 1 or test_per_combo < 1 or val_per_combo < 0:
@@ -136,7 +159,8 @@ def load_shapes_t2i(image_size: int = 16, train_per_combo: int = 16, val_per_com
     table = prompt_table()
     lookup = {text: i for i, text in enumerate(table["text"])}
     rng = np.random.default_rng(seed)
-    splits = {name: _draw(max(n, 1), image_size, rng, synonym_rate, lookup)
+    splits = {name: _draw(max(n, 1), image_size, rng, synonym_rate, word_prompt_rate if name == "train" else 0.0,
+                          lookup, (position_jitter, size_jitter))
               for name, n in (("train", train_per_combo), ("val", val_per_combo), ("test", test_per_combo))}
     info: dict[str, Any] = {
         "image_size": int(image_size), "axes": {axis: list(v) for axis, v in AXES.items()},
@@ -145,9 +169,12 @@ def load_shapes_t2i(image_size: int = 16, train_per_combo: int = 16, val_per_com
         "prompts": table["text"], "prompt_labels": {axis: table[axis] for axis in AXES},
         "prompt_template": table["template"], "prompt_synonym": table["synonym"],
         "synonym_share": float(np.mean([table["synonym"][i] for i in splits["train"]["prompt"].tolist()])),
+        "word_prompt_share": float(np.mean([table["template"][i] == WORD_TEMPLATE
+                                            for i in splits["train"]["prompt"].tolist()])),
     }
     return DataBundle(name="shapes_t2i", train=splits["train"], val=splits["val"], test=splits["test"], info=info)
 
 
 load_shapes_t2i.knobs = {"image_size": Range(8, integer=True), "train_per_combo": COUNT, "val_per_combo": NON_NEGATIVE_INT,
-                         "test_per_combo": COUNT, "synonym_rate": FRACTION, "seed": NON_NEGATIVE_INT}
+                         "test_per_combo": COUNT, "synonym_rate": FRACTION, "word_prompt_rate": FRACTION,
+                         "position_jitter": Range(0, 0.2), "size_jitter": Range(0, 0.3), "seed": NON_NEGATIVE_INT}

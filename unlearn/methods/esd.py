@@ -20,6 +20,7 @@ from torch import nn
 from unlearn.data.tensordata import TensorData
 from unlearn.knobs import COUNT, NON_NEGATIVE, OneOf, Range
 from unlearn.methods.base import GradientMethod, UnlearnContext
+from unlearn.models.t2i import require_cross_attention
 from unlearn.training import Streams, optimise
 
 SUBSETS = ("x", "u", "x_strict")
@@ -47,6 +48,9 @@ class ESD(GradientMethod):
         super().__init__(**optim)
         self.train, self.eta = train, float(eta)
         self.start_guidance, self.sampling_steps = float(start_guidance), int(sampling_steps)
+
+    def check_model(self, model_config: dict) -> None:
+        require_cross_attention(model_config, f"esd method.train={self.train}")
 
     def unlearn(self, ctx: UnlearnContext) -> nn.Module:
         task = ctx.task

@@ -24,6 +24,7 @@ from unlearn.data.concept import replace_word
 from unlearn.errors import ConfigError, ShapeError
 from unlearn.knobs import NON_NEGATIVE, Range
 from unlearn.methods.base import Method, UnlearnContext
+from unlearn.models.t2i import require_cross_attention
 
 
 def uce_edit(weight: torch.Tensor, erase: torch.Tensor, guide: torch.Tensor, preserve: Optional[torch.Tensor],
@@ -103,6 +104,9 @@ class UCE(Method):
 
     def __init__(self, lam: float = 0.5, erase_scale: float = 1.0, preserve_scale: float = 1.0):
         self.lam, self.erase_scale, self.preserve_scale = float(lam), float(erase_scale), float(preserve_scale)
+
+    def check_model(self, model_config: dict) -> None:
+        require_cross_attention(model_config, self.name)
 
     def unlearn(self, ctx: UnlearnContext) -> nn.Module:
         task, request = ctx.task, ctx.task.request

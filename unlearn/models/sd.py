@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from unlearn.errors import ConfigError
 from unlearn.knobs import Range
-from unlearn.models.t2i import TextConditionedDiffusion
+from unlearn.models.t2i import TextConditionedDiffusion, has_cross_attention
 
 COMPONENTS = ("unet", "text_encoder", "vae")
 CHANGED = "changed.safetensors"
@@ -59,6 +59,15 @@ class StableDiffusion(TextConditionedDiffusion):
         if image_size % factor:
             raise ConfigError(f"data.image_size={image_size} must be a multiple of the VAE's downsampling {factor}")
         self._latent_size = image_size // factor
+
+    @classmethod
+    def configured_cross_attention(cls, model_config) -> Optional[bool]:
+        """Read from a local pipeline's unet/config.json; None for a hub id (known only once loaded)."""
+        unet_config = Path(str(model_config.get("path") or "")) / "unet" / "config.json"
+        if not unet_config.is_file():
+            return None
+        blocks = json.loads(unet_config.read_text())
+        return has_cross_attention([*blocks.get("down_block_types", ()), *blocks.get("up_block_types", ())])
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

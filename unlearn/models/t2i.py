@@ -12,13 +12,15 @@ token; no download).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from omegaconf import OmegaConf
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -56,6 +58,26 @@ def word_level_tokenizer(words: Sequence[str], max_length: int) -> CLIPTokenizer
         return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=max_length)
 
 
+def has_cross_attention(block_types: Sequence[str]) -> bool:
+    """Whether diffusers UNet block types include a cross-attention block (`CrossAttn...`)."""
+    return any("CrossAttn" in str(block) for block in block_types)
+
+
+def require_cross_attention(model_config: Mapping[str, Any], method: str) -> None:
+    """Refuse, from the model's config alone (before anything trains), a model whose UNet has no cross-attention
+    (`...attn2`) for `method`, which edits or trains it. A config that cannot tell without building the model
+    (e.g. a hub id not yet downloaded) passes; the method checks the built model again."""
+    from unlearn.config import target_of  # unlearn.config builds models: imported here, not at module load
+
+    cls = target_of(OmegaConf.create(dict(model_config)))
+    if not (isinstance(cls, type) and issubclass(cls, TextConditionedDiffusion)):
+        raise ConfigError(f"method={method} needs a text-to-image model with cross-attention (model=t2i_tiny or "
+                          f"model=sd_pretrained); model._target_={model_config.get('_target_')!r} is not one")
+    if cls.configured_cross_attention(model_config) is False:
+        raise ConfigError(f"method={method} works on the UNet's cross-attention (attn2, through which the prompt "
+                          f"acts), and this model has none: its down/up block types name no CrossAttn block")
+
+
 class TextConditionedDiffusion(nn.Module):
     """The interface of a text-to-image ε-prediction model (see the module docstring).
 
@@ -69,6 +91,12 @@ class TextConditionedDiffusion(nn.Module):
     cond_dropout: float = 0.0
     clip_sample: bool = False         # clip DDIM's x0 estimate to [-1, 1] (pixel-space models)
     tokenizer_id: str = ""            # identifies the tokenizer: prompts tokenized once per id are reused
+
+    @classmethod
+    def configured_cross_attention(cls, model_config: Mapping[str, Any]) -> Optional[bool]:
+        """Whether the UNet that `model_config` builds has cross-attention; None when the config alone cannot
+        tell."""
+        return None
 
     @property
     def num_train_timesteps(self) -> int:
@@ -171,7 +199,7 @@ class TinyTextToImage(TextConditionedDiffusion):
         if len(down_block_types) != len(channels) or len(up_block_types) != len(channels):
             raise ConfigError(f"model.down_block_types and model.up_block_types need one entry per block_out_channels "
                               f"entry ({len(channels)})")
-        if not any("CrossAttn" in b for b in (*down_block_types, *up_block_types)):
+        if not has_cross_attention((*down_block_types, *up_block_types)):
             raise ConfigError("a text-to-image model needs cross-attention: give model.down_block_types / "
                               "up_block_types at least one CrossAttn block")
         if text_width % text_heads:
@@ -192,6 +220,13 @@ class TinyTextToImage(TextConditionedDiffusion):
             cross_attention_dim=int(text_width), attention_head_dim=int(attention_head_dim))
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=int(num_train_timesteps), beta_schedule=beta_schedule,
                                              prediction_type=prediction_type)
+
+
+    @classmethod
+    def configured_cross_attention(cls, model_config: Mapping[str, Any]) -> Optional[bool]:
+        defaults = inspect.signature(cls.__init__).parameters
+        blocks = [model_config.get(k, defaults[k].default) for k in ("down_block_types", "up_block_types")]
+        return has_cross_attention([b for types in blocks for b in types])
 
 
 class AxisJudge(nn.Module):
