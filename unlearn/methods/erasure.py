@@ -1,4 +1,4 @@
-"""Pieces the gradient-based concept-erasure methods share (AdvUnlearn, CDC; ESD computes the same target):
+"""Pieces the gradient-based concept-erasure methods share (ESD, AdvUnlearn, CDC):
 noisy latents x_t made by partially sampling a prompt with the frozen model, ESD's negative-guidance target,
 and the predicted clean image x̂0 of a prediction.
 

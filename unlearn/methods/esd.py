@@ -20,6 +20,7 @@ from torch import nn
 from unlearn.data.tensordata import TensorData
 from unlearn.knobs import COUNT, NON_NEGATIVE, OneOf, Range
 from unlearn.methods.base import GradientMethod, UnlearnContext
+from unlearn.methods.erasure import negative_guidance_target, partial_sample
 from unlearn.models.t2i import require_cross_attention
 from unlearn.training import Streams, optimise
 
@@ -68,13 +69,8 @@ class ESD(GradientMethod):
             with torch.no_grad():
                 cond, uncond = frozen.encode_text(ids).split(1)
                 cond_n = cond.expand(n, -1, -1)
-                k = int(torch.randint(0, self.sampling_steps, ()))
-                noise = torch.randn((n, *frozen.latent_shape)).to(cond.device)
-                x_t = frozen.denoise(noise, cond_n, uncond, self.sampling_steps, self.start_guidance, until=k)
-                t = frozen.sampler(self.sampling_steps).timesteps[k].to(cond.device)
-                e_c = frozen(x_t, t, cond_n).float()
-                e_u = frozen(x_t, t, uncond.expand(n, -1, -1)).float()
-                target = e_u - self.eta * (e_c - e_u)
+            x_t, t = partial_sample(frozen, cond_n, uncond, self.sampling_steps, self.start_guidance)
+            target = negative_guidance_target(frozen, x_t, t, cond_n, uncond, self.eta)
             prediction = m(x_t, t, m.encode_text(ids[:1]).expand(n, -1, -1)).float()
             return (prediction - target).pow(2).mean()
 
