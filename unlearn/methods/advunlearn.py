@@ -18,7 +18,6 @@ concepts as one-word prompts ("orange", "yellow", ... when red is erased), never
 """
 from __future__ import annotations
 
-import copy
 from typing import Optional, Sequence
 
 import torch
@@ -28,7 +27,7 @@ from unlearn.data.tensordata import TensorData
 from unlearn.errors import ConfigError
 from unlearn.knobs import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, OneOf, Range
 from unlearn.methods.base import GradientMethod, UnlearnContext
-from unlearn.methods.erasure import negative_guidance_target, partial_sample
+from unlearn.methods.erasure import erasure_copies, negative_guidance_target, partial_sample
 from unlearn.methods.esd import esd_parameters
 from unlearn.models.prompt_embeddings import encode_replacing, insert_slots, pad_token_id
 from unlearn.training import Streams, optimise
@@ -71,12 +70,7 @@ class AdvUnlearn(GradientMethod):
         if not retain_texts:
             raise ConfigError("AdvUnlearn's retain prompt set is empty (forget.preserve=[] and no "
                               "method.retain_prompts): give method.retain_prompts")
-        model = copy.deepcopy(ctx.original)
-        frozen = copy.deepcopy(ctx.original).eval().requires_grad_(False)
-        trained = set(advunlearn_parameters(model, self.train))
-        flags = {name: param.requires_grad for name, param in model.named_parameters()}
-        for name, param in model.named_parameters():
-            param.requires_grad_(name in trained and flags[name])
+        model, frozen, restore = erasure_copies(ctx.original, set(advunlearn_parameters(ctx.original, self.train)))
 
         device = frozen.unet.device
         ids = frozen.tokenize([request.concept, ""]).to(device)
@@ -124,6 +118,5 @@ class AdvUnlearn(GradientMethod):
         streams = Streams(forget=TensorData(noise=torch.arange(self.batch_size)), mode="forget")
         optimise(model, objective, streams, self._optim, ctx.runtime, ctx.generator,
                  desc=f"unlearn[advunlearn-{self.train}]", on_epoch=ctx.on_epoch)
-        for name, param in model.named_parameters():
-            param.requires_grad_(flags[name])
+        restore()
         return model

@@ -21,7 +21,6 @@ Trains the UNet's cross-attention (attn2), as the paper.
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from unlearn.data.tensordata import TensorData
 from unlearn.errors import ConfigError
 from unlearn.knobs import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range
 from unlearn.methods.base import GradientMethod, UnlearnContext
-from unlearn.methods.erasure import partial_sample, predicted_x0
+from unlearn.methods.erasure import erasure_copies, partial_sample, predicted_x0
 from unlearn.methods.esd import esd_parameters
 from unlearn.training import Streams, optimise
 
@@ -102,12 +101,7 @@ class CDC(GradientMethod):
         task, request = ctx.task, ctx.task.request
         if request.anchor == request.concept:
             raise ConfigError(f"CDC's anchor must differ from the concept {request.concept!r} (forget.anchor)")
-        model = copy.deepcopy(ctx.original)
-        frozen = copy.deepcopy(ctx.original).eval().requires_grad_(False)
-        trained = set(esd_parameters(model, "x"))
-        flags = {name: param.requires_grad for name, param in model.named_parameters()}
-        for name, param in model.named_parameters():
-            param.requires_grad_(name in trained and flags[name])
+        model, frozen, restore = erasure_copies(ctx.original, set(esd_parameters(ctx.original, "x")))
         params = [p for p in model.parameters() if p.requires_grad]
 
         device = frozen.unet.device
@@ -173,6 +167,5 @@ class CDC(GradientMethod):
         one_step = Streams(forget=TensorData(noise=torch.arange(self.batch_size)), mode="forget")
         optimise(model, objective, one_step, self._optim, ctx.runtime, ctx.generator, hooks=surgery,
                  desc="unlearn[cdc]", on_epoch=ctx.on_epoch)
-        for name, param in model.named_parameters():
-            param.requires_grad_(flags[name])
+        restore()
         return model

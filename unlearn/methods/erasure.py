@@ -8,7 +8,12 @@ stopped at a random step k of `steps`; t is the sampler's k-th timestep. Draws c
 """
 from __future__ import annotations
 
+import copy
+
+from typing import Callable, Collection
+
 import torch
+from torch import nn
 
 
 @torch.no_grad()
@@ -42,3 +47,20 @@ def predicted_x0(model, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Te
     if kind == "v_prediction":
         return alpha.sqrt() * x_t - (1 - alpha).sqrt() * prediction
     return (x_t - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+
+
+def erasure_copies(original: nn.Module, trained: Collection[str]) -> tuple[nn.Module, nn.Module, Callable[[], None]]:
+    """(model, frozen, restore): a copy of `original` in which only the parameters named in `trained` (of those
+    that were trainable) require gradients, a frozen eval-mode copy that computes the targets, and the call
+    that gives the model its original requires_grad flags back once training is over."""
+    model = copy.deepcopy(original)
+    frozen = copy.deepcopy(original).eval().requires_grad_(False)
+    flags = {name: param.requires_grad for name, param in model.named_parameters()}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trained and flags[name])
+
+    def restore() -> None:
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags[name])
+
+    return model, frozen, restore

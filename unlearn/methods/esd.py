@@ -12,15 +12,13 @@ the prompt names — shape and background too — which is why the concept's own
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from unlearn.data.tensordata import TensorData
 from unlearn.knobs import COUNT, NON_NEGATIVE, OneOf, Range
 from unlearn.methods.base import GradientMethod, UnlearnContext
-from unlearn.methods.erasure import negative_guidance_target, partial_sample
+from unlearn.methods.erasure import erasure_copies, negative_guidance_target, partial_sample
 from unlearn.models.t2i import require_cross_attention
 from unlearn.training import Streams, optimise
 
@@ -55,12 +53,7 @@ class ESD(GradientMethod):
 
     def unlearn(self, ctx: UnlearnContext) -> nn.Module:
         task = ctx.task
-        model = copy.deepcopy(ctx.original)
-        frozen = copy.deepcopy(ctx.original).eval().requires_grad_(False)
-        trained = set(esd_parameters(model, self.train))
-        flags = {name: param.requires_grad for name, param in model.named_parameters()}
-        for name, param in model.named_parameters():
-            param.requires_grad_(name in trained and flags[name])
+        model, frozen, restore = erasure_copies(ctx.original, set(esd_parameters(ctx.original, self.train)))
 
         ids = frozen.tokenize([task.request.concept, ""]).to(frozen.unet.device)
 
@@ -78,6 +71,5 @@ class ESD(GradientMethod):
         streams = Streams(forget=TensorData(noise=torch.arange(self.batch_size)), mode="forget")
         optimise(model, objective, streams, self._optim, ctx.runtime, ctx.generator, desc=f"unlearn[esd-{self.train}]",
                  on_epoch=ctx.on_epoch)
-        for name, param in model.named_parameters():
-            param.requires_grad_(flags[name])
+        restore()
         return model

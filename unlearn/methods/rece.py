@@ -17,16 +17,15 @@ it on the evaluation metric itself). The text encoder is not touched.
 """
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from unlearn.errors import ConfigError, ShapeError
-from unlearn.knobs import NON_NEGATIVE, NON_NEGATIVE_INT, Range
-from unlearn.methods.base import Method, UnlearnContext
-from unlearn.methods.uce import aligned_states, preserved_states, uce_edit
+from unlearn.errors import ShapeError
+from unlearn.knobs import NON_NEGATIVE_INT, Range
+from unlearn.methods.base import UnlearnContext
+from unlearn.methods.uce import UCE
 
 
 def adversarial_embedding(edited: Sequence[torch.Tensor], original: Sequence[torch.Tensor], states: torch.Tensor,
@@ -56,40 +55,24 @@ def adversarial_embedding(edited: Sequence[torch.Tensor], original: Sequence[tor
     return torch.linalg.solve(gram, cross @ states.detach().to(gram).T).T.to(states.dtype)
 
 
-class RECE(Method):
+class RECE(UCE):
     name = "rece"
     supports = ("t2i",)
-    knobs = {"lam": Range(0, low_open=True), "erase_scale": NON_NEGATIVE, "preserve_scale": NON_NEGATIVE,
-             "reg": Range(0, low_open=True), "epochs": NON_NEGATIVE_INT}
+    knobs = {"reg": Range(0, low_open=True), "epochs": NON_NEGATIVE_INT}  # with UCE's lam / erase / preserve scales
 
     def __init__(self, lam: float = 0.1, erase_scale: float = 1.0, preserve_scale: float = 0.1, reg: float = 1e-3,
                  epochs: int = 1):
-        self.lam, self.erase_scale, self.preserve_scale = float(lam), float(erase_scale), float(preserve_scale)
+        super().__init__(lam=lam, erase_scale=erase_scale, preserve_scale=preserve_scale)
         self.reg, self.epochs = float(reg), int(epochs)
 
-    def _edit(self, projections: dict[str, nn.Linear], erase: torch.Tensor, guide: torch.Tensor,
-              preserve: torch.Tensor | None) -> None:
-        with torch.no_grad():
-            for projection in projections.values():
-                projection.weight.copy_(uce_edit(projection.weight, erase, guide, preserve, self.lam,
-                                                 self.erase_scale, self.preserve_scale))
-
     def unlearn(self, ctx: UnlearnContext) -> nn.Module:
-        task, request = ctx.task, ctx.task.request
-        model = copy.deepcopy(ctx.original).eval()
-        projections = model.cross_attention_projections()
-        if not projections:
-            raise ConfigError("method=rece edits cross-attention key/value projections (attn2.to_k/to_v), and this "
-                              "model has none")
+        model, projections, erase, guide, preserve = self.request_states(ctx)
         original = [p.weight.detach().clone() for p in projections.values()]
-        prompts = [task.prompts[i] for i in task.concept_prompt_ids.tolist()]
-        erase, guide = aligned_states(model, prompts, request.concept, request.guide)
-        preserve = preserved_states(model, prompts, request.concept, request.preserve)
         erased, guides = erase, guide
-        self._edit(projections, erased, guides, preserve)
+        self.edit(projections, erased, guides, preserve)
         for _ in range(self.epochs):
             found = adversarial_embedding([p.weight for p in projections.values()], original, erase, self.reg)
             # Every state erased so far stays in the erase set, so the new edit cannot undo the earlier ones.
             erased, guides = torch.cat([erased, found]), torch.cat([guides, guide])
-            self._edit(projections, erased, guides, preserve)
+            self.edit(projections, erased, guides, preserve)
         return model

@@ -108,18 +108,30 @@ class UCE(Method):
     def check_model(self, model_config: dict) -> None:
         require_cross_attention(model_config, self.name)
 
-    def unlearn(self, ctx: UnlearnContext) -> nn.Module:
+    def request_states(self, ctx: UnlearnContext) -> tuple[nn.Module, dict[str, nn.Linear], torch.Tensor,
+                                                            torch.Tensor, torch.Tensor | None]:
+        """(a copy of the original, its attn2 k/v projections by name, erase, guide and preserve text states)
+        for the task's concept request; ConfigError if the model has no cross-attention."""
         task, request = ctx.task, ctx.task.request
         model = copy.deepcopy(ctx.original).eval()
         projections = model.cross_attention_projections()
         if not projections:
-            raise ConfigError("method=uce edits cross-attention key/value projections (attn2.to_k/to_v), and this "
-                              "model has none")
+            raise ConfigError(f"method={self.name} edits cross-attention key/value projections (attn2.to_k/to_v), "
+                              f"and this model has none")
         prompts = [task.prompts[i] for i in task.concept_prompt_ids.tolist()]
         erase, guide = aligned_states(model, prompts, request.concept, request.guide)
         preserve = preserved_states(model, prompts, request.concept, request.preserve)
+        return model, projections, erase, guide, preserve
+
+    def edit(self, projections: dict[str, nn.Linear], erase: torch.Tensor, guide: torch.Tensor,
+             preserve: torch.Tensor | None) -> None:
+        """UCE's closed form applied in place to every projection."""
         with torch.no_grad():
             for projection in projections.values():
                 projection.weight.copy_(uce_edit(projection.weight, erase, guide, preserve, self.lam,
                                                  self.erase_scale, self.preserve_scale))
+
+    def unlearn(self, ctx: UnlearnContext) -> nn.Module:
+        model, projections, erase, guide, preserve = self.request_states(ctx)
+        self.edit(projections, erase, guide, preserve)
         return model
