@@ -47,3 +47,18 @@ def run_experiment(tmp_path, shared_cache):
 @pytest.fixture
 def tiny_cache(tmp_path) -> Cache:
     return Cache(tmp_path / "cache")
+
+
+def apply_request(exp, original, forget):
+    """Exact methods' unlearn on `forget` (training-set indices) outside the pipeline: (model, run_metrics)."""
+    import numpy as np
+    import torch
+
+    from unlearn.methods.base import UnlearnContext
+
+    data, _ = exp.data()
+    ctx = UnlearnContext(task=exp.task, original=original, forget=data.train.subset(forget),
+                         retain=data.train.subset(np.setdiff1d(np.arange(len(data.train)), forget)),
+                         runtime=exp.runtime, generator=torch.Generator().manual_seed(0), oracle=lambda: None,
+                         oracle_seconds=0.0, forget_indices=forget)
+    return exp.method.unlearn(ctx), exp.method.run_metrics()

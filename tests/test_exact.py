@@ -8,11 +8,10 @@ import torch
 from unlearn.config import compose_config
 
 from unlearn.errors import ConfigError
-from unlearn.methods.base import UnlearnContext
 from unlearn.methods.sisa import stage_epochs
 from unlearn.pipeline import Experiment
 
-from conftest import TINY
+from conftest import TINY, apply_request
 
 SISA = ["method=sisa", "method.shards=2", "method.slices=2", "method.epochs=40"]
 
@@ -20,14 +19,6 @@ SISA = ["method=sisa", "method.shards=2", "method.slices=2", "method.epochs=40"]
 def experiment(cache, *overrides) -> Experiment:
     return Experiment(compose_config(*TINY, f"cache_dir={cache}", *SISA, *overrides))
 
-
-def request(exp: Experiment, original, forget: np.ndarray):
-    data, _ = exp.data()
-    ctx = UnlearnContext(task=exp.task, original=original, forget=data.train.subset(forget),
-                         retain=data.train.subset(np.setdiff1d(np.arange(len(data.train)), forget)),
-                         runtime=exp.runtime, generator=torch.Generator().manual_seed(0), oracle=lambda: None,
-                         oracle_seconds=0.0, forget_indices=forget)
-    return exp.method.unlearn(ctx), exp.method.run_metrics()
 
 
 def forget_loss(exp: Experiment, model, forget: np.ndarray) -> float:
@@ -46,7 +37,7 @@ def test_sisa_retrains_only_touched_shards_and_is_exact(shared_cache, tmp_path):
     original, *_ = exp.original_model(exp.seed)
     plan = exp.method._plan(exp.original_trainer(exp.seed))
     forget = plan[1][1][:5]  # five points of shard 2's last slice
-    unlearned, figures = request(exp, original, forget)
+    unlearned, figures = apply_request(exp, original, forget)
     assert figures["shards_retrained"] == 1 and figures["stages_retrained"] == 1
     assert figures["speedup"] > 2
     for name, value in original.shards[0].state_dict().items():
@@ -66,7 +57,7 @@ def test_sisa_forget_loss_at_retrain_level(shared_cache):
     exp = experiment(shared_cache, "seed=3")
     original, *_ = exp.original_model(exp.seed)
     forget = np.random.default_rng(0).choice(len(exp.data()[0].train), 40, replace=False)
-    unlearned, _ = request(exp, original, forget)
+    unlearned, _ = apply_request(exp, original, forget)
     retrained = []
     for seed in (4, 5, 6):
         other = experiment(shared_cache, f"seed={seed}")

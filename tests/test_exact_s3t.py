@@ -2,30 +2,20 @@
 retrained only once it has none."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from unlearn.config import compose_config
 from unlearn.errors import ConfigError
-from unlearn.methods.base import UnlearnContext
 from unlearn.methods.s3t import slice_orders
 from unlearn.pipeline import Experiment
 
-from conftest import TINY
+from conftest import TINY, apply_request
 
 S3T = ["model=vit_tiny", "model.hidden_size=32", "model.mlp_size=64", "model.layers=2", "model.heads=2",
        "data.train.optimizer=adamw", "data.train.lr=3e-3", "data.train.epochs=5", "method=s3t", "method.shards=2",
        "method.slices=2", "method.budget=2", "method.epochs=2", "data.pretrain.n=20"]
 
-
-def delete(exp: Experiment, model, forget: np.ndarray):
-    data, _ = exp.data()
-    ctx = UnlearnContext(task=exp.task, original=model, forget=data.train.subset(forget),
-                         retain=data.train.subset(np.setdiff1d(np.arange(len(data.train)), forget)),
-                         runtime=exp.runtime, generator=torch.Generator().manual_seed(0), oracle=lambda: None,
-                         oracle_seconds=0.0, forget_indices=forget)
-    return exp.method.unlearn(ctx), exp.method.run_metrics()
 
 
 def test_orders():
@@ -53,7 +43,7 @@ def test_deactivation_then_retrain_when_empty(retrain, shared_cache):
     plan = exp.method._plan(exp.original_trainer(exp.seed))
     x = exp.data()[0].test["x"][:50]
     # Orders of 2 slices: (0, 1) and (1, 0). A deletion in shard 0's slice 0 leaves order (1, 0) a prefix of 1.
-    first, figures = delete(exp, original, plan[0][0][:3])
+    first, figures = apply_request(exp, original, plan[0][0][:3])
     assert figures["stages_retrained"] == 0 and figures["live_shards"] == 2
     assert first.state["shards"][0]["prefix"] == [0, 1] and first.state["shards"][1]["prefix"] == [2, 2]
     # Shard 0 now serves order (1, 0) after its first stage: trained on slice 1 alone, later group deactivated.
@@ -65,7 +55,7 @@ def test_deactivation_then_retrain_when_empty(retrain, shared_cache):
     assert later and not any(p.any() for p in later)  # the deactivated group's B matrices are zero
     assert not torch.allclose(first(x), original(x))
     # A deletion in slice 1 empties shard 0.
-    second, figures = delete(exp, first, plan[0][1][:3])
+    second, figures = apply_request(exp, first, plan[0][1][:3])
     if retrain == "on_empty":
         assert figures["shards_retrained"] == 1 and figures["stages_retrained"] == 4
         assert second.state["shards"][0]["prefix"] == [2, 2] and figures["capacity"] == 1

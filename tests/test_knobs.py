@@ -14,7 +14,7 @@ from unlearn.knobs import OneOf, Range, declared_knobs
 from unlearn.pipeline import Experiment
 
 # Groups whose choices are nodes built by Hydra (the `data` group is global: its nodes sit under data.*).
-GROUPS = ["method", "forget", "prune", "attribution", "model", "data", "logger", "attack"]
+GROUPS = ["method", "forget", "prune", "attribution", "model", "data", "logger", "attack", "scenario"]
 
 
 def _choices(group: str) -> list[str]:
