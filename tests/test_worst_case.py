@@ -1,6 +1,7 @@
 """Worst-case forget sets (bilevel selection) and published forget sets read from a file."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -11,7 +12,8 @@ from tests.conftest import TINY, compose_config
 from unlearn.data.forget import Reference
 from unlearn.data.from_file import FromFileForget
 from unlearn.data.tensordata import DataBundle, TensorData
-from unlearn.data.worst_case import WorstCaseClassForget, WorstCaseForget, project_capped_simplex, top_m
+from unlearn.data.worst_case import (SignGradients, WorstCaseClassForget, WorstCaseForget, project_capped_simplex,
+                                     top_m)
 from unlearn.errors import ConfigError
 from unlearn.pipeline import Experiment
 from unlearn.runtime import derive_seed
@@ -111,6 +113,61 @@ def test_l1_shrinks_the_lower_level_parameters(prepared):
     assert l1_norm[10.0] < l1_norm[0.0]
 
 
+class Iterates(SignGradients):
+    """SignSGD hooks that keep a copy of the model after every step: the straightforward tail to compare with."""
+
+    def __init__(self):
+        self.models = []
+
+    def after_step(self, model, optimizer):
+        self.models.append(copy.deepcopy(model))
+
+
+@pytest.mark.parametrize("tail_steps", [1, 2, 1000])
+def test_tail_losses_are_the_mean_over_the_last_iterates(prepared, tail_steps):
+    """The unit losses evaluated inside the lower level equal those of copies of its last iterates evaluated
+    afterwards, and evaluating them does not change the trajectory (train mode comes back between steps)."""
+    _, data, _, reference = prepared
+    train, units, n = data.train, torch.arange(len(data.train)), len(data.train)
+    builder = WorstCaseForget(upper_epochs=1, lower_epochs=2, batch_size=128, tail_steps=tail_steps)
+    keep = torch.linspace(0.5, 1.0, n)
+    fast = builder.lower_level_losses(reference, train, units, n, keep, torch.Generator().manual_seed(3))
+    iterates = Iterates()
+    builder.unlearn_keeping(reference, train, units, keep, torch.Generator().manual_seed(3), hooks=iterates)
+    tail = iterates.models[-min(tail_steps, len(iterates.models)):]
+    straight = torch.stack([builder.unit_losses(reference, m, train, units, n) for m in tail]).mean(0)
+    assert len(iterates.models) == 2 * -(-n // 128)
+    assert fast.dtype == torch.float64 and torch.allclose(fast, straight, rtol=1e-6, atol=1e-9)
+    if tail_steps > 1:  # the mean really covers more than the last iterate
+        assert not torch.allclose(fast, builder.unit_losses(reference, iterates.models[-1], train, units, n))
+
+
+def test_paper_mode_is_the_plain_bilevel_loop(prepared):
+    """resolve_every=1, tail_steps=1 selects what the straightforward loop of the paper selects: a fresh lower
+    level from the original at every upper step, then the projected step on w."""
+    _, data, _, reference = prepared
+    train, units, n = data.train, torch.arange(len(data.train)), len(data.train)
+    builder = WorstCaseForget(upper_epochs=3, lower_epochs=1, batch_size=128, resolve_every=1, tail_steps=1)
+    m = round(0.1 * n)
+    generator, w = torch.Generator().manual_seed(5), torch.full((n,), m / n, dtype=torch.float64)
+    for _ in range(3):
+        model = builder.unlearn_keeping(reference, train, units, 1 - w, generator)
+        w = project_capped_simplex(w - builder.lr_w * builder.unit_losses(reference, model, train, units, n), m)
+    chosen, _ = builder.select(reference, train, np.arange(n), m, 5)
+    assert chosen.tolist() == sorted(top_m(w, m).tolist())
+
+
+@pytest.mark.parametrize("resolve_every, solves", [(1, 3), (2, 2), (3, 1), (10, 1)])
+def test_resolve_every_re_solves_the_lower_level_that_often(prepared, monkeypatch, resolve_every, solves):
+    _, data, _, reference = prepared
+    builder = WorstCaseForget(upper_epochs=3, lower_epochs=1, batch_size=128, resolve_every=resolve_every)
+    calls = []
+    real = builder.lower_level_losses
+    monkeypatch.setattr(builder, "lower_level_losses", lambda *a: calls.append(1) or real(*a))
+    builder.select(reference, data.train, np.arange(len(data.train)), 10, 0)
+    assert len(calls) == solves
+
+
 def test_class_wise_selection_picks_whole_classes_and_drops_them_from_test(prepared):
     _, data, _, reference = prepared
     forget = WorstCaseClassForget(num_classes=2, **FAST_KNOBS).build(data, 0, reference)
@@ -152,6 +209,8 @@ def test_worst_case_class_runs_in_the_pipeline(run_experiment):
     (dict(count=0), "count must be a positive integer"),
     (dict(upper_epochs=0), "upper_epochs must be a positive integer"),
     (dict(lr_w=-0.1), "lr_w must be >= 0"),
+    (dict(resolve_every=0), "resolve_every must be a positive integer"),
+    (dict(tail_steps=2.5), "tail_steps must be a positive integer"),
 ])
 def test_bad_knobs_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):

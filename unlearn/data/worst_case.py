@@ -11,11 +11,23 @@ Like the reference, the upper step is first order (the implicit dependence of θ
 lower level counts whole epochs over the train set (the reference's `unlearn_steps`) and sums the weighted
 losses. Unlike it, w starts at the centre m/U rather than at a random binary set (see `select`), and a
 unit's loss is the mean over its examples, so classes of different sizes are compared on one scale.
+
+Cost. Almost all the time is the lower level's SignSGD steps (on 2 CPU cores the convolutions already run
+near the core's fp32 peak, so there is little to save per step). Two knobs trade re-runs for averaging:
+`resolve_every` re-solves the lower level only every k-th upper step (the steps between reuse its losses),
+and `tail_steps` averages each unit's loss over the lower level's last iterates (Polyak-style tail
+averaging) instead of taking the last one. Started at the centre, w moves by ~lr_w·ℓ per step, so the lower
+level barely depends on w and its re-runs mostly average out SignSGD's noise: tail averaging buys the same
+averaging from fewer re-runs. resolve_every=1, tail_steps=1 is the paper's procedure (the code's defaults);
+conf/forget/worst_case.yaml sets the faster pair, whose selections overlap the paper procedure's as much as
+two seeds of that procedure overlap each other (figures: results/worst_case_speed.md). bf16 is no shortcut:
+it rounds away the differences between the near-zero losses that decide the ranking.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from typing import Optional
 
@@ -76,17 +88,39 @@ class SignGradients:
         pass
 
 
+class TailLosses(SignGradients):
+    """SignSGD hooks that also sum the unit losses after each of the last `tail` of `total` steps
+    (`losses(model)` evaluates them; the model goes back to train mode for the steps that follow)."""
+
+    def __init__(self, total: int, tail: int, losses):
+        self.step, self.first, self.losses = 0, total - min(tail, total), losses
+        self.total, self.count = None, 0
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.step += 1
+        if self.step > self.first:
+            current = self.losses(model)
+            self.total = current if self.total is None else self.total + current
+            self.count += 1
+            model.train()
+
+    def mean(self) -> torch.Tensor:
+        return self.total / self.count
+
+
 class BilevelSelection:
     """The bilevel search shared by the example-wise and the class-wise builders (knobs in conf/forget/)."""
 
     needs_original = True
     knobs = {"upper_epochs": COUNT, "lower_epochs": COUNT, "lr_w": NON_NEGATIVE, "lr_theta": NON_NEGATIVE,
-             "gamma": NON_NEGATIVE, "l1": NON_NEGATIVE, "binarize_every": COUNT, "batch_size": COUNT}
+             "gamma": NON_NEGATIVE, "l1": NON_NEGATIVE, "binarize_every": COUNT, "batch_size": COUNT,
+             "resolve_every": COUNT, "tail_steps": COUNT}
 
     def _init_bilevel(self, upper_epochs: int, lower_epochs: int, lr_w: float, lr_theta: float, gamma: float,
-                      l1: float, binarize_every: int, batch_size: int) -> None:
+                      l1: float, binarize_every: int, batch_size: int, resolve_every: int, tail_steps: int) -> None:
         for name, value in (("upper_epochs", upper_epochs), ("lower_epochs", lower_epochs),
-                            ("binarize_every", binarize_every), ("batch_size", batch_size)):
+                            ("binarize_every", binarize_every), ("batch_size", batch_size),
+                            ("resolve_every", resolve_every), ("tail_steps", tail_steps)):
             if int(value) != value or value < 1:
                 raise ConfigError(f"forget.{name} must be a positive integer, got {value}")
         for name, value in (("lr_w", lr_w), ("lr_theta", lr_theta), ("gamma", gamma), ("l1", l1)):
@@ -95,11 +129,13 @@ class BilevelSelection:
         self.upper_epochs, self.lower_epochs = int(upper_epochs), int(lower_epochs)
         self.lr_w, self.lr_theta, self.gamma, self.l1 = float(lr_w), float(lr_theta), float(gamma), float(l1)
         self.binarize_every, self.batch_size = int(binarize_every), int(batch_size)
+        self.resolve_every, self.tail_steps = int(resolve_every), int(tail_steps)
 
     # ---- lower level ---------------------------------------------------------------------------
     def unlearn_keeping(self, reference: Reference, train: TensorData, units: torch.Tensor, keep: torch.Tensor,
-                        generator: torch.Generator) -> nn.Module:
-        """A copy of the original after `lower_epochs` of SignSGD on Σ_i keep[units[i]]·ℓ_i (+ l1·‖θ‖₁)."""
+                        generator: torch.Generator, hooks: Optional[SignGradients] = None) -> nn.Module:
+        """A copy of the original after `lower_epochs` of SignSGD on Σ_i keep[units[i]]·ℓ_i (+ l1·‖θ‖₁);
+        `hooks` (SignGradients or a subclass) may also watch the steps."""
         task = reference.task
         model = copy.deepcopy(reference.model)
         keep = keep.to(device=reference.runtime.device, dtype=torch.float32)
@@ -116,8 +152,17 @@ class BilevelSelection:
         recipe = OptimConfig(epochs=self.lower_epochs, lr=self.lr_theta, batch_size=self.batch_size,
                              optimizer="sgd", momentum=0.0, weight_decay=0.0, schedule="constant")
         optimise(model, objective, Streams(retain=data, mode="retain"), recipe, reference.runtime, generator,
-                 augment=task.augment, hooks=SignGradients(), desc="worst-case lower level")
+                 augment=task.augment, hooks=hooks or SignGradients(), desc="worst-case lower level")
         return model
+
+    def lower_level_losses(self, reference: Reference, train: TensorData, units: torch.Tensor, n_units: int,
+                           keep: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(n_units,) float64: each unit's loss after the lower level, averaged over its last `tail_steps`
+        SignSGD iterates (tail_steps=1: the loss of the unlearned model, as the paper)."""
+        total = self.lower_epochs * math.ceil(len(train) / self.batch_size)
+        tail = TailLosses(total, self.tail_steps, lambda model: self.unit_losses(reference, model, train, units, n_units))
+        self.unlearn_keeping(reference, train, units, keep, generator, hooks=tail)
+        return tail.mean()
 
     # ---- upper level ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -149,9 +194,11 @@ class BilevelSelection:
         # steps of lr_w·ℓ ≈ 0.01·CE never reorder w (on digits the search returned its random start exactly).
         w = torch.full((n_units,), m / n_units, dtype=torch.float64)
         bar = tqdm(range(self.upper_epochs), desc="worst-case selection", disable=None)
+        solves = 0
         for step in bar:
-            model = self.unlearn_keeping(reference, train, units, 1 - w, generator)
-            losses = self.unit_losses(reference, model, train, units, n_units)
+            if step % self.resolve_every == 0:  # between re-solves, w keeps moving against the same losses
+                losses = self.lower_level_losses(reference, train, units, n_units, 1 - w, generator)
+                solves += 1
             w = project_capped_simplex(w - self.lr_w * (losses + 2 * self.gamma * w), m)
             if (step + 1) % self.binarize_every == 0 or step + 1 == self.upper_epochs:
                 binary = torch.zeros_like(w)
@@ -159,8 +206,8 @@ class BilevelSelection:
                 w = binary
             upper_loss = float((w * losses).sum() / m)
             bar.set_postfix(upper_loss=f"{upper_loss:.4f}")
-        log.info("worst-case selection: %d of %d units in %.1f s (their mean loss after unlearning: %.4f)",
-                 m, n_units, time.perf_counter() - start, upper_loss)
+        log.info("worst-case selection: %d of %d units in %.1f s, %d lower-level solves (their mean loss after "
+                 "unlearning: %.4f)", m, n_units, time.perf_counter() - start, solves, upper_loss)
         return np.sort(unit_ids[top_m(w, m).numpy()]), {"upper_loss": upper_loss}
 
 
@@ -171,9 +218,11 @@ class WorstCaseForget(BilevelSelection, RandomForget):
 
     def __init__(self, ratio: float | None = 0.1, count: int | None = None, upper_epochs: int = 10,
                  lower_epochs: int = 10, lr_w: float = 0.01, lr_theta: float = 0.01, gamma: float = 0.0,
-                 l1: float = 0.0, binarize_every: int = 20, batch_size: int = 256):
+                 l1: float = 0.0, binarize_every: int = 20, batch_size: int = 256, resolve_every: int = 1,
+                 tail_steps: int = 1):
         RandomForget.__init__(self, ratio=ratio, count=count)
-        self._init_bilevel(upper_epochs, lower_epochs, lr_w, lr_theta, gamma, l1, binarize_every, batch_size)
+        self._init_bilevel(upper_epochs, lower_epochs, lr_w, lr_theta, gamma, l1, binarize_every, batch_size,
+                           resolve_every, tail_steps)
 
     def build(self, data: DataBundle, seed: int, reference: Optional[Reference] = None) -> ForgetSet:
         self.check(data)
@@ -197,11 +246,12 @@ class WorstCaseClassForget(BilevelSelection, ForgetBuilder):
 
     def __init__(self, num_classes: int = 1, upper_epochs: int = 10, lower_epochs: int = 10, lr_w: float = 0.01,
                  lr_theta: float = 0.01, gamma: float = 0.0, l1: float = 0.0, binarize_every: int = 20,
-                 batch_size: int = 256):
+                 batch_size: int = 256, resolve_every: int = 1, tail_steps: int = 1):
         if int(num_classes) != num_classes or num_classes < 1:
             raise ConfigError(f"forget.num_classes must be a positive integer, got {num_classes}")
         self.num_classes = int(num_classes)
-        self._init_bilevel(upper_epochs, lower_epochs, lr_w, lr_theta, gamma, l1, binarize_every, batch_size)
+        self._init_bilevel(upper_epochs, lower_epochs, lr_w, lr_theta, gamma, l1, binarize_every, batch_size,
+                           resolve_every, tail_steps)
 
     def check(self, data: DataBundle) -> None:
         if "y" not in data.train.keys():
