@@ -20,7 +20,9 @@ averaging) instead of taking the last one. Started at the centre, w moves by ~lr
 level barely depends on w and its re-runs mostly average out SignSGD's noise: tail averaging buys the same
 averaging from fewer re-runs. resolve_every=1, tail_steps=1 is the paper's procedure (the code's defaults);
 conf/forget/worst_case.yaml sets the faster pair, whose selections overlap the paper procedure's as much as
-two seeds of that procedure overlap each other (figures: results/worst_case_speed.md). bf16 is no shortcut:
+two seeds of that procedure overlap each other (figures: results/worst_case_speed.md; on other data, measure
+with benchmarks/worst_case_speed.py). A rounding of w (binarize_every) changes the lower level a great deal,
+so let resolve_every divide binarize_every, which re-solves right after each rounding. bf16 is no shortcut:
 it rounds away the differences between the near-zero losses that decide the ranking.
 """
 from __future__ import annotations
