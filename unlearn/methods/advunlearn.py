@@ -64,6 +64,12 @@ class AdvUnlearn(GradientMethod):
         self.warmup = int(warmup)
         self.retain_prompts = None if retain_prompts is None else [str(p).strip() for p in retain_prompts if str(p).strip()]
 
+    def check_model(self, model_config: dict) -> None:
+        super().check_model(model_config)
+        if self.train == "text_encoder" and model_config.get("text_layers") == 0:
+            raise ConfigError("method.train=text_encoder trains the text encoder's transformer layers, and this model "
+                              "has none (model.text_layers=0); use method.train=unet_x or unet_u, or model.text_layers>=1")
+
     def unlearn(self, ctx: UnlearnContext) -> nn.Module:
         request = ctx.task.request
         retain_texts = self.retain_prompts if self.retain_prompts is not None else list(request.preserve)

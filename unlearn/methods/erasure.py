@@ -50,14 +50,15 @@ def predicted_x0(model, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Te
 
 
 def erasure_copies(original: nn.Module, trained: Collection[str]) -> tuple[nn.Module, nn.Module, Callable[[], None]]:
-    """(model, frozen, restore): a copy of `original` in which only the parameters named in `trained` (of those
-    that were trainable) require gradients, a frozen eval-mode copy that computes the targets, and the call
-    that gives the model its original requires_grad flags back once training is over."""
+    """(model, frozen, restore): a copy of `original` in which exactly the parameters named in `trained` require
+    gradients (the text encoder's too, though models keep it frozen otherwise), a frozen eval-mode copy that
+    computes the targets, and the call that gives the model its original requires_grad flags back once training
+    is over."""
     model = copy.deepcopy(original)
     frozen = copy.deepcopy(original).eval().requires_grad_(False)
     flags = {name: param.requires_grad for name, param in model.named_parameters()}
     for name, param in model.named_parameters():
-        param.requires_grad_(name in trained and flags[name])
+        param.requires_grad_(name in trained)
 
     def restore() -> None:
         for name, param in model.named_parameters():

@@ -51,6 +51,7 @@ class StableDiffusion(TextConditionedDiffusion):
         self.path, self.local_files_only = str(path), local_files_only
         self.unet, self.text_encoder, self.vae, self.tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
         self.vae.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)  # fixed, as in SD's training: methods train the UNet unless they say
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.scaling = float(getattr(self.vae.config, "scaling_factor", 1.0))
         self.cond_dropout = float(cond_dropout)
