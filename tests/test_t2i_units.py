@@ -206,3 +206,27 @@ def test_t2i_knobs_are_range_checked_before_anything_runs(override, message):
     with pytest.raises(ConfigError, match=message):
         for node in (cfg.method, cfg.data.task, cfg.model, cfg.data.source):
             build(node)
+
+
+def test_training_moves_the_unet_under_a_fixed_text_encoder(world):
+    """The original and the oracle train the UNet only (as Stable Diffusion under its frozen CLIP), and with
+    `text_layers=0` a word's text state does not depend on the rest of the prompt (only on its position)."""
+    from unlearn.models.t2i import TinyTextToImage
+    from unlearn.runtime import Runtime
+    from unlearn.training import OptimConfig
+
+    torch.manual_seed(0)
+    model = TinyTextToImage(vocabulary(), sample_size=world.train["x"].shape[-1],
+                            block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), text_width=32, text_layers=0)
+    text_before = {n: p.clone() for n, p in model.text_encoder.named_parameters()}
+    unet_before = {n: p.clone() for n, p in model.unet.named_parameters()}
+    task = TextToImageTask()
+    task.use_world(world, ConceptForget("red").resolve(world))
+    task.fit(model, world.train.subset(torch.arange(16)), OptimConfig(epochs=1, lr=1e-3, batch_size=8, optimizer="adam"), Runtime.from_config("cpu"),
+             torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, text_before[n]) for n, p in model.text_encoder.named_parameters())
+    assert any(not torch.equal(p, unet_before[n]) for n, p in model.unet.named_parameters())
+
+    states = model.encode_text(model.tokenize(["a red circle on black", "a red square on black"]))
+    assert torch.allclose(states[0, 2], states[1, 2]) and not torch.allclose(states[0, 3], states[1, 3])
