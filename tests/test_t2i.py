@@ -46,6 +46,14 @@ def changed_parameters(unlearned: torch.nn.Module, original: torch.nn.Module) ->
     return moved
 
 
+def unlearned_and_moved(overrides: list[str], row: dict, cache) -> tuple[torch.nn.Module, dict[str, float]]:
+    """The run's saved unlearned model and the parameters it moved from the (cached) original."""
+    experiment = Experiment(compose_config(*overrides, f"cache_dir={cache}"))
+    base = experiment.prepare().original
+    unlearned = experiment.model_from_state(torch.load(Path(row["run_dir"]) / "model.pt"))
+    return unlearned, changed_parameters(unlearned, base)
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_methods_erase_the_concept(method, run_experiment, shared_cache):
     overrides = [*TINY_T2I, *METHODS[method]]
@@ -57,10 +65,7 @@ def test_methods_erase_the_concept(method, run_experiment, shared_cache):
     assert metrics["UA"] >= original["UA"] + 10, (metrics["UA"], original["UA"])
     assert (Path(row["run_dir"]) / "generations.png").stat().st_size > 5_000
 
-    experiment = Experiment(compose_config(*overrides, f"cache_dir={shared_cache}"))
-    base = experiment.prepare().original
-    unlearned = experiment.model_from_state(torch.load(Path(row["run_dir"]) / "model.pt"))
-    moved = changed_parameters(unlearned, base)
+    unlearned, moved = unlearned_and_moved(overrides, row, shared_cache)
     assert moved
     if method == "esd-x":
         assert all(".attn2." in n and n.startswith("unet.") for n in moved)
@@ -70,7 +75,7 @@ def test_methods_erase_the_concept(method, run_experiment, shared_cache):
         kv = {f"unet.{n}.weight" for n in unlearned.cross_attention_projections()}
         assert set(moved) == kv
     elif method == "salun":
-        total = sum(p.numel() for p in base.parameters())
+        total = sum(p.numel() for p in unlearned.parameters())
         entries = sum(round(share * dict(unlearned.named_parameters())[n].numel()) for n, share in moved.items())
         assert 0.2 * total < entries <= round(0.5 * total)  # only the salient half may move
 

@@ -16,7 +16,7 @@ from unlearn.models.prompt_embeddings import insert_slots
 from unlearn.pipeline import Experiment
 
 from conftest import compose_config
-from test_t2i import TINY_T2I, changed_parameters
+from test_t2i import TINY_T2I, unlearned_and_moved
 
 
 # ---- pure pieces, on hand-built values ------------------------------------------------------------------------
@@ -83,10 +83,7 @@ def test_robust_methods_erase_the_concept(method, run_experiment, shared_cache):
     metrics, original = row["metrics"], row["reference"]["original"]
     assert metrics["UA"] >= original["UA"] + 10, (metrics["UA"], original["UA"])
 
-    experiment = Experiment(compose_config(*overrides, f"cache_dir={shared_cache}"))
-    base = experiment.prepare().original
-    unlearned = experiment.model_from_state(torch.load(Path(row["run_dir"]) / "model.pt"))
-    moved = changed_parameters(unlearned, base)
+    unlearned, moved = unlearned_and_moved(overrides, row, shared_cache)
     if method == "rece":
         assert set(moved) == kv_names(unlearned)
     else:  # AdvUnlearn trains attn2 on this world (conf/tuned/shapes_t2i/advunlearn.yaml), as CDC does
@@ -96,10 +93,7 @@ def test_robust_methods_erase_the_concept(method, run_experiment, shared_cache):
 def test_advunlearn_trains_the_text_encoder_where_it_has_layers(run_experiment, shared_cache):
     overrides = [*TINY_T2I, *METHODS["advunlearn"], "method.epochs=4", "method.train=text_encoder", "model.text_layers=1"]
     row = run_experiment(*overrides, tiny=False)
-    experiment = Experiment(compose_config(*overrides, f"cache_dir={shared_cache}"))
-    base = experiment.prepare().original
-    unlearned = experiment.model_from_state(torch.load(Path(row["run_dir"]) / "model.pt"))
-    moved = changed_parameters(unlearned, base)  # the text encoder's layers and final norm, not its embeddings
+    _, moved = unlearned_and_moved(overrides, row, shared_cache)  # the text encoder's layers and final norm only
     assert moved and all(n.startswith("text_encoder.") and "embeddings." not in n for n in moved)
 
 
