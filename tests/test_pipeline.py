@@ -188,3 +188,59 @@ def test_cli_multirun_trains_original_and_oracle_once(tmp_path):
     assert all(json.loads(r)["command"].startswith("python ") and " -m " in json.loads(r)["command"] for r in rows)
     runs = sorted((tmp_path / "out" / "default" / "sweeps").glob("*/*/result.json"))
     assert len(runs) == 2 and all((r.parent / "forget_indices.json").exists() for r in runs)
+
+
+def _prepared(tmp_path, threads: int, *overrides: str):
+    exp = Experiment(compose_config(*TINY, f"threads={threads}", f"cache_dir={tmp_path / f'cache{threads}'}", *overrides))
+    epochs = []
+    return exp, exp.prepare(lambda stage, epoch, loss: epochs.append(stage)), epochs
+
+
+def _same_models(a, b) -> bool:
+    return all(torch.equal(a.original.state_dict()[k], b.original.state_dict()[k]) for k in a.original.state_dict()) \
+        and all(torch.equal(a.oracle.state_dict()[k], b.oracle.state_dict()[k]) for k in a.oracle.state_dict())
+
+
+def test_original_trains_beside_the_oracle_and_is_the_one_thread_model(tmp_path):
+    """threads=2 on a CPU: the original trains in a second process while the oracle trains here, one thread each, so
+    both are exactly the models of a threads=1 run (sequential), and the original's epochs are still reported."""
+    exp, beside, epochs = _prepared(tmp_path, 2)
+    try:
+        assert exp.why_not_beside_oracle(exp.seed) is None and beside.timings.get("beside_oracle") is True
+        assert torch.get_num_threads() == 2  # the threads are given back
+        assert epochs.count("original") == epochs.count("oracle") == 15
+        _, alone, _ = _prepared(tmp_path, 1)
+        assert "beside_oracle" not in alone.timings
+        assert _same_models(beside, alone)
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_a_failed_second_process_trains_the_original_here(tmp_path, monkeypatch, caplog):
+    import unlearn.pipeline
+
+    monkeypatch.setattr(unlearn.pipeline, "CHILD", "import sys; sys.exit('no room here')")
+    try:
+        with caplog.at_level(logging.WARNING, logger="unlearn"):
+            _, failed, _ = _prepared(tmp_path, 2)
+        assert "second process failed (exit 1: no room here)" in caplog.text
+        _, alone, _ = _prepared(tmp_path, 1)
+        assert _same_models(failed, alone)
+    finally:
+        torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("override, reason", [("forget=worst_case", "the forget set depends on the original"),
+                                              ("parallel_training=false", "parallel_training=false"),
+                                              ("prune=omp", "pruning")])
+def test_the_original_trains_first_where_the_oracle_needs_it(override, reason):
+    try:
+        exp = Experiment(compose_config(*TINY, "threads=2", override))
+        assert exp.why_not_beside_oracle(exp.seed).startswith(reason)
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_parallel_training_takes_auto_or_false():
+    with pytest.raises(ConfigError, match="parallel_training='sometimes' must be auto or false"):
+        Experiment(compose_config(*TINY, "parallel_training=sometimes"))

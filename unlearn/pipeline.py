@@ -7,16 +7,21 @@ cached under its own seed), and the N unlearned models are compared with the N o
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -41,6 +46,8 @@ from unlearn.training import OptimConfig, stackable
 
 log = logging.getLogger("unlearn")
 EpochCallback = Callable[[str, int, float], None]
+# The second process of Experiment._original_beside_oracle: python -c CHILD <job dir>
+CHILD = "import sys; from pathlib import Path; from unlearn.pipeline import _train_original; _train_original(Path(sys.argv[1]))"
 
 
 @dataclass
@@ -108,6 +115,10 @@ class Experiment:
         # take them (so a stacked member is cached under its own key, with or without a cache).
         self._stacked: dict[str, dict[str, Any]] = {}
         self._stack_refusal: str | None = None
+        # The original being trained in a second process beside the oracle (`_original_beside_oracle`), by cache key.
+        self._beside: dict[str, Any] = {}
+        if self.cfg.get("parallel_training", "auto") not in ("auto", False):
+            raise ConfigError(f"parallel_training={self.cfg.parallel_training!r} must be auto or false")
 
     # ---- models -------------------------------------------------------------------------------
     def new_model(self, model_seed: int, stage: str) -> nn.Module:
@@ -191,9 +202,14 @@ class Experiment:
         rewind = self.pruner.rewind_epoch if self.pruner else None
         dense_fields = self._trained_key_fields(model_seed) | ({"checkpoint_epoch": rewind} if rewind else {})
         dense_key = content_key("original", **dense_fields)
+
+        def train() -> dict[str, Any]:
+            return self._train(model_seed, data.train, "original", on_epoch, checkpoint_epoch=rewind)
+
         dense, cached = self.cache.get_or_compute(
-            dense_key, lambda: self._member_payload("original", model_seed, dense_key) if self.stacked_member(model_seed)
-            else self._train(model_seed, data.train, "original", on_epoch, checkpoint_epoch=rewind), "original")
+            dense_key, lambda: self._beside_payload(dense_key, on_epoch, train) if dense_key in self._beside
+            else self._member_payload("original", model_seed, dense_key) if self.stacked_member(model_seed)
+            else train(), "original")
         if self.pruner is None:
             return dense, dense_key, cached
         sparse_key = content_key("sparse-original", code=code_digest(type(self.pruner), self._prune), dense=dense_key,
@@ -234,7 +250,9 @@ class Experiment:
         return forget, key, cached
 
     def prepare(self, on_epoch: EpochCallback | None = None, model_seed: int | None = None) -> Artifacts:
-        """The original and oracle for `model_seed` (default: the run's seed) on the run's forget set."""
+        """The original and oracle for `model_seed` (default: the run's seed) on the run's forget set. Where the
+        forget set does not depend on the original and neither model is cached, the original trains in a second
+        process while this one trains the oracle, on a CPU with threads to share (`parallel_training`)."""
         model_seed = self.seed if model_seed is None else model_seed
         timings: dict[str, Any] = {}
         t0 = time.perf_counter()
@@ -242,21 +260,102 @@ class Experiment:
         timings["data_s"] = time.perf_counter() - t0
         self.check_published()
 
-        t0 = time.perf_counter()
-        original, original_key, original_payload, cached = self.original_model(model_seed, on_epoch)
-        timings.update(original_s=time.perf_counter() - t0, original_cached=cached)
-        t0 = time.perf_counter()
-        forget, forget_key, cached = self.forget_set(original, original_key)
-        timings.update(forget_s=time.perf_counter() - t0, forget_cached=cached)
+        with self._original_beside_oracle(model_seed) as beside:
+            if beside:
+                forget, oracle, oracle_key, payload = self._forget_and_oracle(model_seed, None, None, None, timings, on_epoch)
+            t0 = time.perf_counter()
+            original, original_key, original_payload, cached = self.original_model(model_seed, on_epoch)
+            timings.update(original_s=time.perf_counter() - t0, original_cached=cached)
+        if beside:
+            timings.update(original_s=original_payload["train_seconds"], beside_oracle=True)
+        else:
+            forget, oracle, oracle_key, payload = self._forget_and_oracle(
+                model_seed, original, original_key, original_payload.get("masks"), timings, on_epoch)
+        return Artifacts(model_seed, original, original_key, oracle, oracle_key, payload["train_seconds"], timings)
 
+    def _forget_and_oracle(self, model_seed: int, original: nn.Module | None, original_key: str | None,
+                           masks: dict | None, timings: dict[str, Any], on_epoch) -> tuple:
+        """(forget set, oracle, its key, its payload), their stage times added to `timings`."""
+        t0 = time.perf_counter()
+        forget, _, cached = self.forget_set(original, original_key)
+        timings.update(forget_s=time.perf_counter() - t0, forget_cached=cached)
         t0 = time.perf_counter()
         if self.published("oracle") is not None:
             (oracle, oracle_key), payload, cached = self.published("oracle"), {"train_seconds": float("nan")}, True
         else:
-            payload, oracle_key, cached = self._oracle(model_seed, original_payload.get("masks"), on_epoch)
+            payload, oracle_key, cached = self._oracle(model_seed, masks, on_epoch)
             oracle = self.model_from_state(payload)
         timings.update(oracle_s=time.perf_counter() - t0, oracle_cached=cached)
-        return Artifacts(model_seed, original, original_key, oracle, oracle_key, payload["train_seconds"], timings)
+        return forget, oracle, oracle_key, payload
+
+    def why_not_beside_oracle(self, model_seed: int) -> str | None:
+        """Why `model_seed`'s original is not trained in a second process beside the oracle; None when it is."""
+        threads = torch.get_num_threads()
+        return ("parallel_training=false" if self.cfg.get("parallel_training", "auto") is False else
+                "not on a CPU" if self.runtime.device.type != "cpu" else
+                "a data-parallel launch" if self.runtime.world_size > 1 else
+                f"{threads} thread" if threads < 2 else
+                "a published original or oracle" if self.checkpoints else
+                "the method builds its own original" if type(self.method).build_original is not Method.build_original else
+                "the forget set depends on the original" if self.builder.needs_original else
+                "pruning: the oracle takes the original's masks" if self.pruner is not None else
+                "a stacked population member" if self.stacked_member(model_seed) else None)
+
+    @contextlib.contextmanager
+    def _original_beside_oracle(self, model_seed: int) -> Iterator[bool]:
+        """Start training `model_seed`'s original in a second Python process with half the threads, keep the other
+        half here for the oracle, and yield True; yield False (nothing started) when `why_not_beside_oracle` gives a
+        reason or either model is cached. Small models use a second thread poorly (t2i_tiny's step: 157 ms on one
+        thread, 128 ms on two), so two models on one thread each finish sooner than one after another on two. Each
+        model is trained by the same code, seeds and thread count as a `threads=1` run, so it is that run's model.
+        The process is a fresh interpreter (`CHILD`), not a multiprocessing child, which would re-run the calling
+        script's top level."""
+        if self.why_not_beside_oracle(model_seed) is not None:
+            yield False
+            return
+        key = content_key("original", **self._trained_key_fields(model_seed))
+        self.forget_set(None, None)
+        if self.cache.contains(key) or self.cache.contains(self._oracle_key(model_seed, None)):
+            yield False
+            return
+        threads = torch.get_num_threads()
+        with tempfile.TemporaryDirectory(prefix="unlearn-original-") as tmp:
+            job = Path(tmp)
+            torch.save({"config": OmegaConf.to_container(self.cfg, resolve=True), "cache_root": str(self.cache.root),
+                        "cache_enabled": self.cache.enabled, "model_seed": model_seed, "threads": threads // 2},
+                       job / "job.pt")
+            package_root = str(Path(__file__).resolve().parents[1])
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+            with open(job / "stderr.txt", "w") as stderr:
+                process = subprocess.Popen([sys.executable, "-c", CHILD, str(job)], env=env,
+                                           stdout=subprocess.DEVNULL, stderr=stderr)
+            self._beside[key] = process, job
+            log.info("the original trains in a second process (%d thread%s) while the oracle trains here (%d)",
+                     threads // 2, "s" * (threads // 2 > 1), threads - threads // 2)
+            torch.set_num_threads(threads - threads // 2)
+            try:
+                yield True
+            finally:
+                torch.set_num_threads(threads)
+                self._beside.pop(key, None)
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
+    def _beside_payload(self, key: str, on_epoch: EpochCallback | None,
+                        train_here: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The original trained in the second process (waits for it); its epochs are reported now. If that process
+        failed, the original trains here (`train_here`), which raises the error again if it is the training's own."""
+        process, job = self._beside.pop(key)
+        if process.wait() != 0 or not (job / "result.pt").exists():
+            tail = (job / "stderr.txt").read_text(errors="replace").strip().splitlines()[-3:]
+            log.warning("the original's second process failed (exit %s: %s); training it here", process.returncode,
+                        " / ".join(tail) or "no output")
+            return train_here()
+        result = torch.load(job / "result.pt", map_location="cpu", weights_only=False)
+        for stage, epoch, loss in result["epochs"] if on_epoch is not None else ():
+            on_epoch(stage, epoch, loss)
+        return result["payload"]
 
     def original_model(self, model_seed: int, on_epoch=None) -> tuple[nn.Module, str, dict[str, Any], bool]:
         """(θo, its key, its payload, cached): the method's own original where it builds one (exact methods,
@@ -407,47 +506,61 @@ class Experiment:
         """TRAK attribution from an ensemble of originals (the population's first `attribution.models`),
         cached by those originals, the data and the attribution settings; computed once per experiment."""
         if self._attribution is None:
-            start = time.perf_counter()
-            data, data_key = self.data()
-            self.train_members("original", self.member_seeds(self.attributor.models))
-            originals = [self._original(seed, None) for seed in self.member_seeds(self.attributor.models)]
-            models = [self.model_from_state(payload) for payload, _, _ in originals]
-            key = content_key("attribution", code=code_digest(type(self.attributor)), data=data_key,
-                              originals=[k for _, k, _ in originals],
-                              attributor=self.attributor.cache_fields())
-            payload, _ = self.cache.get_or_compute(key, lambda: self.attributor.fit(models, data.train),
-                                                   "attribution (TRAK)")
-            # The run's own original exists anyway; the other ensemble members are the attribution's cost.
-            ensemble = sum(p.get("train_seconds", 0.0) for p, _, _ in originals[1:])
-            self._precompute_seconds["attribution"] = payload["seconds"] + ensemble
-            log.info("attribution: %d models, projection dim %d; %.1f s to score + %.1f s to train the extra models",
-                     len(models), self.attributor.proj_dim, payload["seconds"], ensemble)
-            self._attribution = self.attributor.attribution(models, payload, self.runtime)
-            self._building_seconds += time.perf_counter() - start
+            with self._building():
+                data, data_key = self.data()
+                self.train_members("original", self.member_seeds(self.attributor.models))
+                originals = [self._original(seed, None) for seed in self.member_seeds(self.attributor.models)]
+                models = [self.model_from_state(payload) for payload, _, _ in originals]
+                key = content_key("attribution", code=code_digest(type(self.attributor)), data=data_key,
+                                  originals=[k for _, k, _ in originals],
+                                  attributor=self.attributor.cache_fields())
+                payload, _ = self.cache.get_or_compute(key, lambda: self.attributor.fit(models, data.train),
+                                                       "attribution (TRAK)")
+                # The run's own original exists anyway; the other ensemble members are the attribution's cost.
+                ensemble = sum(p.get("train_seconds", 0.0) for p, _, _ in originals[1:])
+                self._precompute_seconds["attribution"] = payload["seconds"] + ensemble
+                log.info("attribution: %d models, projection dim %d; %.1f s to score + %.1f s to train the extra models",
+                         len(models), self.attributor.proj_dim, payload["seconds"], ensemble)
+                self._attribution = self.attributor.attribution(models, payload, self.runtime)
         return self._attribution
 
     def matching_oracles(self, n: int, masks: dict | None) -> list[nn.Module]:
         """n retrains on D \\ F with seeds of their own, disjoint from the evaluation population's, so a method
         that matches them is not scored against the very models it copied."""
-        start = time.perf_counter()
-        self.train_members("oracle", self.member_seeds(n, "matching"))
-        payloads = [self._oracle(seed, masks)[0] for seed in self.member_seeds(n, "matching")]
+        with self._building():
+            self.train_members("oracle", self.member_seeds(n, "matching"))
+            payloads = [self._oracle(seed, masks)[0] for seed in self.member_seeds(n, "matching")]
         # The run's own matching oracles; population members (with pruning, their own masks) add evaluation cost.
         self._precompute_seconds.setdefault("matching_oracles", sum(p["train_seconds"] for p in payloads))
-        self._building_seconds += time.perf_counter() - start
         return [self.model_from_state(p) for p in payloads]
 
     def method_artifact(self, art: Artifacts, kind: str, fields: dict, compute: Callable[[], Any]) -> Any:
         """A method's cached artifact (e.g. a weight mask) of this original and forget set. The wall time spent here
         is kept out of the measured RTE; a method that wants the artifact's cost in its RTE adds it in
         `reported_seconds` (the weight masks do)."""
-        start = time.perf_counter()
         # The code: what `compute` calls (e.g. the mask's scoring) and the task's loss it differentiates.
+        seed = derive_seed(art.model_seed, "artifact", kind)
         key = content_key(kind, code=code_digest(compute, self.task.loss), original=art.original_key,
-                          forget=self._forget[1], **fields)
-        payload, _ = self.cache.get_or_compute(key, compute, kind)
-        self._building_seconds += time.perf_counter() - start
+                          forget=self._forget[1], rng=seed, **fields)
+        with self._building(seed):
+            payload, _ = self.cache.get_or_compute(key, compute, kind)
         return payload
+
+    @contextlib.contextmanager
+    def _building(self, seed: int | None = None) -> Iterator[None]:
+        """Around work a method asks for that may come from the cache (an artifact, attribution, oracles): its wall
+        time is kept out of the method's RTE, and it runs on a fork of torch's RNG (seeded by `seed`, if given), so
+        the method draws the same numbers after it whether it was computed or loaded. (Without the fork, SalUn on
+        a diffusion task trained differently after computing its mask, whose loss draws noise, than after
+        loading it.)"""
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            try:
+                yield
+            finally:
+                self._building_seconds += time.perf_counter() - start
 
     def splits(self) -> Splits:
         data, _ = self.data()
@@ -638,6 +751,18 @@ class Experiment:
         if self.runtime.is_main:
             print("\n" + summary_table(row) + "\n", flush=True)
         return row
+
+
+def _train_original(job: Path) -> None:
+    """The second process of `Experiment._original_beside_oracle`: train the original that `job`/job.pt describes and
+    save {payload, epochs as (stage, epoch, loss)} to `job`/result.pt."""
+    spec = torch.load(job / "job.pt", weights_only=False)
+    experiment = Experiment(OmegaConf.create({**spec["config"], "threads": spec["threads"]}),
+                            Cache(spec["cache_root"], enabled=spec["cache_enabled"]))
+    epochs: list[tuple[str, int, float]] = []
+    payload = experiment._train(spec["model_seed"], experiment.data()[0].train, "original",
+                                lambda stage, epoch, loss: epochs.append((stage, epoch, loss)))
+    torch.save({"payload": payload, "epochs": epochs}, job / "result.pt")
 
 
 def finite_model(model: nn.Module) -> bool:
