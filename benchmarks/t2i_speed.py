@@ -35,9 +35,9 @@ def stage_seconds(results: str) -> str:
 
     row = json.loads(Path(results, "default", "table.jsonl").read_text().splitlines()[-1])
     t = row["timings"]
-    return (f"world + judge {t['data_s']:.1f} s, original {t['original_s']:.1f} s, oracle {t['oracle_s']:.1f} s, "
-            f"method {row['metrics']['RTE_s']:.1f} s; the rest is "
-            f"evaluation and start-up")
+    beside = " (trained side by side in two processes)" if t.get("beside_oracle") else ""
+    return (f"world + judge {t['data_s']:.1f} s, original {t['original_s']:.1f} s, oracle {t['oracle_s']:.1f} s{beside}, "
+            f"method {row['metrics']['RTE_s']:.1f} s; the rest is evaluation and start-up")
 
 
 def judge_and_uce(overrides: list[str], cache_dir: str) -> None:
