@@ -191,7 +191,9 @@ def test_cli_multirun_trains_original_and_oracle_once(tmp_path):
 
 
 def _prepared(tmp_path, threads: int, *overrides: str):
-    exp = Experiment(compose_config(*TINY, f"threads={threads}", f"cache_dir={tmp_path / f'cache{threads}'}", *overrides))
+    # The tiny recipe is far below the FLOPs at which auto starts a second process: true forces it.
+    exp = Experiment(compose_config(*TINY, f"threads={threads}", f"cache_dir={tmp_path / f'cache{threads}'}",
+                                    "parallel_training=true", *overrides))
     epochs = []
     return exp, exp.prepare(lambda stage, epoch, loss: epochs.append(stage)), epochs
 
@@ -232,7 +234,8 @@ def test_a_failed_second_process_trains_the_original_here(tmp_path, monkeypatch,
 
 @pytest.mark.parametrize("override, reason", [("forget=worst_case", "the forget set depends on the original"),
                                               ("parallel_training=false", "parallel_training=false"),
-                                              ("prune=omp", "pruning")])
+                                              ("prune=omp", "pruning"),
+                                              ("parallel_training=auto", "a short training")])
 def test_the_original_trains_first_where_the_oracle_needs_it(override, reason):
     try:
         exp = Experiment(compose_config(*TINY, "threads=2", override))
@@ -241,6 +244,6 @@ def test_the_original_trains_first_where_the_oracle_needs_it(override, reason):
         torch.set_num_threads(1)
 
 
-def test_parallel_training_takes_auto_or_false():
-    with pytest.raises(ConfigError, match="parallel_training='sometimes' must be auto or false"):
+def test_parallel_training_takes_auto_true_or_false():
+    with pytest.raises(ConfigError, match="parallel_training='sometimes' must be auto, true or false"):
         Experiment(compose_config(*TINY, "parallel_training=sometimes"))

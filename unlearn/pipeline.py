@@ -46,6 +46,9 @@ from unlearn.training import OptimConfig, stackable
 
 log = logging.getLogger("unlearn")
 EpochCallback = Callable[[str, int, float], None]
+# Below this many training FLOPs (about 10-20 s of one core) the original's second process, which takes seconds to
+# start, does not pay: on digits (9e10) it made the default run 19.5 s instead of 11.4 s.
+BESIDE_MIN_FLOP = 5e11
 # The second process of Experiment._original_beside_oracle: python -c CHILD <job dir>
 CHILD = "import sys; from pathlib import Path; from unlearn.pipeline import _train_original; _train_original(Path(sys.argv[1]))"
 
@@ -117,8 +120,8 @@ class Experiment:
         self._stack_refusal: str | None = None
         # The original being trained in a second process beside the oracle (`_original_beside_oracle`), by cache key.
         self._beside: dict[str, Any] = {}
-        if self.cfg.get("parallel_training", "auto") not in ("auto", False):
-            raise ConfigError(f"parallel_training={self.cfg.parallel_training!r} must be auto or false")
+        if self.cfg.get("parallel_training", "auto") not in ("auto", True, False):
+            raise ConfigError(f"parallel_training={self.cfg.parallel_training!r} must be auto, true or false")
 
     # ---- models -------------------------------------------------------------------------------
     def new_model(self, model_seed: int, stage: str) -> nn.Module:
@@ -299,7 +302,26 @@ class Experiment:
                 "the method builds its own original" if type(self.method).build_original is not Method.build_original else
                 "the forget set depends on the original" if self.builder.needs_original else
                 "pruning: the oracle takes the original's masks" if self.pruner is not None else
-                "a stacked population member" if self.stacked_member(model_seed) else None)
+                "a stacked population member" if self.stacked_member(model_seed) else
+                self._short_training(model_seed))
+
+    def _short_training(self, model_seed: int) -> str | None:
+        """With parallel_training=auto, why the original's training is too short to pay for a second process (its
+        start-up costs seconds); None when it is long enough. Judged by an estimate of its FLOPs, not by timing, so
+        the same config on any machine makes the same choice (and the same numbers: threads change rounding)."""
+        if self.cfg.get("parallel_training", "auto") is True:
+            return None
+        from torch.utils.flop_counter import FlopCounterMode
+
+        train = self.data()[0].train
+        batch = next(iter(train.batches(8)))
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), FlopCounterMode(display=False) as counter:
+            self.task.loss(self.new_model(model_seed, "probe"), batch)
+        # A training step costs about three forward passes.
+        flop = 3 * counter.get_total_flops() / len(next(iter(batch.values()))) * len(train) * self.recipe.epochs
+        if flop < BESIDE_MIN_FLOP:
+            return f"a short training ({flop:.1e} FLOP < {BESIDE_MIN_FLOP:.0e}; parallel_training=true forces it)"
+        return None
 
     @contextlib.contextmanager
     def _original_beside_oracle(self, model_seed: int) -> Iterator[bool]:
