@@ -208,7 +208,7 @@ def test_original_trains_beside_the_oracle_and_is_the_one_thread_model(tmp_path)
     both are exactly the models of a threads=1 run (sequential), and the original's epochs are still reported."""
     exp, beside, epochs = _prepared(tmp_path, 2)
     try:
-        assert exp.why_not_beside_oracle(exp.seed) is None and beside.timings.get("beside_oracle") is True
+        assert beside.timings.get("beside_oracle") is True
         assert torch.get_num_threads() == 2  # the threads are given back
         assert epochs.count("original") == epochs.count("oracle") == 15
         _, alone, _ = _prepared(tmp_path, 1)
@@ -247,3 +247,12 @@ def test_the_original_trains_first_where_the_oracle_needs_it(override, reason):
 def test_parallel_training_takes_auto_true_or_false():
     with pytest.raises(ConfigError, match="parallel_training='sometimes' must be auto, true or false"):
         Experiment(compose_config(*TINY, "parallel_training=sometimes"))
+
+
+def test_a_cached_original_or_oracle_keeps_one_process(tmp_path):
+    try:
+        exp, _, _ = _prepared(tmp_path, 1)
+        again = Experiment(compose_config(*TINY, "threads=2", f"cache_dir={tmp_path / 'cache1'}", "parallel_training=true"))
+        assert again.why_not_beside_oracle(again.seed) == "the original or the oracle is cached"
+    finally:
+        torch.set_num_threads(1)

@@ -303,7 +303,15 @@ class Experiment:
                 "the forget set depends on the original" if self.builder.needs_original else
                 "pruning: the oracle takes the original's masks" if self.pruner is not None else
                 "a stacked population member" if self.stacked_member(model_seed) else
+                "the original or the oracle is cached" if self._original_or_oracle_cached(model_seed) else
                 self._short_training(model_seed))
+
+    def _original_or_oracle_cached(self, model_seed: int) -> bool:
+        """Whether the dense original or the oracle of `model_seed` is cached (for a forget set that does not
+        depend on the original, chosen here if it was not yet)."""
+        self.forget_set(None, None)
+        return self.cache.contains(content_key("original", **self._trained_key_fields(model_seed))) or \
+            self.cache.contains(self._oracle_key(model_seed, None))
 
     def _short_training(self, model_seed: int) -> str | None:
         """With parallel_training=auto, why the original's training is too short to pay for a second process (its
@@ -327,7 +335,7 @@ class Experiment:
     def _original_beside_oracle(self, model_seed: int) -> Iterator[bool]:
         """Start training `model_seed`'s original in a second Python process with half the threads, keep the other
         half here for the oracle, and yield True; yield False (nothing started) when `why_not_beside_oracle` gives a
-        reason or either model is cached. Small models use a second thread poorly (t2i_tiny's step: 157 ms on one
+        reason. Small models use a second thread poorly (t2i_tiny's step: 157 ms on one
         thread, 128 ms on two), so two models on one thread each finish sooner than one after another on two. Each
         model is trained by the same code, seeds and thread count as a `threads=1` run, so it is that run's model.
         The process is a fresh interpreter (`CHILD`), not a multiprocessing child, which would re-run the calling
@@ -336,10 +344,6 @@ class Experiment:
             yield False
             return
         key = content_key("original", **self._trained_key_fields(model_seed))
-        self.forget_set(None, None)
-        if self.cache.contains(key) or self.cache.contains(self._oracle_key(model_seed, None)):
-            yield False
-            return
         threads = torch.get_num_threads()
         with tempfile.TemporaryDirectory(prefix="unlearn-original-") as tmp:
             job = Path(tmp)
