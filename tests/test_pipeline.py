@@ -209,6 +209,7 @@ def test_original_trains_beside_the_oracle_and_is_the_one_thread_model(tmp_path)
     exp, beside, epochs = _prepared(tmp_path, 2)
     try:
         assert beside.timings.get("beside_oracle") is True
+        assert beside.timings["forget_cached"] is False  # chosen in this run, and its row says so
         assert torch.get_num_threads() == 2  # the threads are given back
         assert epochs.count("original") == epochs.count("oracle") == 15
         _, alone, _ = _prepared(tmp_path, 1)

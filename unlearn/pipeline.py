@@ -263,25 +263,29 @@ class Experiment:
         timings["data_s"] = time.perf_counter() - t0
         self.check_published()
 
+        if not self.builder.needs_original:  # chosen first: it does not depend on the original
+            self._timed_forget(None, None, timings)
         with self._original_beside_oracle(model_seed) as beside:
             if beside:
-                forget, oracle, oracle_key, payload = self._forget_and_oracle(model_seed, None, None, None, timings, on_epoch)
+                oracle, oracle_key, payload = self._timed_oracle(model_seed, None, timings, on_epoch)
             t0 = time.perf_counter()
             original, original_key, original_payload, cached = self.original_model(model_seed, on_epoch)
             timings.update(original_s=time.perf_counter() - t0, original_cached=cached)
         if beside:
             timings.update(original_s=original_payload["train_seconds"], beside_oracle=True)
         else:
-            forget, oracle, oracle_key, payload = self._forget_and_oracle(
-                model_seed, original, original_key, original_payload.get("masks"), timings, on_epoch)
+            if self.builder.needs_original:
+                self._timed_forget(original, original_key, timings)
+            oracle, oracle_key, payload = self._timed_oracle(model_seed, original_payload.get("masks"), timings, on_epoch)
         return Artifacts(model_seed, original, original_key, oracle, oracle_key, payload["train_seconds"], timings)
 
-    def _forget_and_oracle(self, model_seed: int, original: nn.Module | None, original_key: str | None,
-                           masks: dict | None, timings: dict[str, Any], on_epoch) -> tuple:
-        """(forget set, oracle, its key, its payload), their stage times added to `timings`."""
+    def _timed_forget(self, original: nn.Module | None, original_key: str | None, timings: dict[str, Any]) -> None:
         t0 = time.perf_counter()
-        forget, _, cached = self.forget_set(original, original_key)
+        _, _, cached = self.forget_set(original, original_key)
         timings.update(forget_s=time.perf_counter() - t0, forget_cached=cached)
+
+    def _timed_oracle(self, model_seed: int, masks: dict | None, timings: dict[str, Any], on_epoch) -> tuple:
+        """(oracle, its key, its payload), its stage time added to `timings`."""
         t0 = time.perf_counter()
         if self.published("oracle") is not None:
             (oracle, oracle_key), payload, cached = self.published("oracle"), {"train_seconds": float("nan")}, True
@@ -289,7 +293,7 @@ class Experiment:
             payload, oracle_key, cached = self._oracle(model_seed, masks, on_epoch)
             oracle = self.model_from_state(payload)
         timings.update(oracle_s=time.perf_counter() - t0, oracle_cached=cached)
-        return forget, oracle, oracle_key, payload
+        return oracle, oracle_key, payload
 
     def why_not_beside_oracle(self, model_seed: int) -> str | None:
         """Why `model_seed`'s original is not trained in a second process beside the oracle; None when it is."""
