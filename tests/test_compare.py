@@ -98,3 +98,80 @@ def test_rows_of_one_run_per_step_are_all_kept_and_steps_are_integers(sequence_t
     assert frame.attrs["metrics"] == ["forget_score", "utility", "RTE_s"]
     assert frame.loc[frame["method"] == "ga", "method_params.epochs"].tolist() == [2] * 6
     assert frame["method_params.epochs"].isna().sum() == 6  # retrain has no parameters; epochs stays an integer column
+
+
+def _variant(row: dict, score: float, oracle_score: float | None = None, **fields) -> dict:
+    """A copy of a hand-built row scoring forget_score `score` (against an oracle scoring `oracle_score`, if
+    given), with its gap and Avg. Gap to match, and `fields` set."""
+    r = json.loads(json.dumps(row))
+    if oracle_score is not None:
+        r["reference"]["oracle"]["forget_score"] = oracle_score
+    r["metrics"]["forget_score"] = score
+    r["gap"]["forget_score"] = abs(score - r["reference"]["oracle"]["forget_score"])
+    r["avg_gap"] = sum(r["gap"].values()) / 2
+    return r | fields
+
+
+def _write(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _line(md: str, label: str) -> list[str]:
+    return [c.strip() for c in next(l for l in md.splitlines() if l.startswith(f"| {label} ")).split("|")[1:-1]]
+
+
+def test_each_row_is_compared_with_its_own_oracle(tmp_path):
+    """Two streams of seed 0 (scenario.stream_seed 1 and 2), each with its own oracle (forget_score 10 and 30):
+    ga scores 12 and 22, differences +2 and −8 to its own oracles, so its gap is |(2 − 8)/2| = 3 (the gap of the
+    means, 17 against Retrain's 20), not |17 − 10| = 7 against the first stream's oracle alone. Retrain holds both
+    oracles, whether synthesized or run."""
+    retrain, ga = sequence_rows(steps=(1,), seeds=(0,))
+    rows = []
+    for stream, oracle in ((1, 10.0), (2, 30.0)):
+        fields = {"stream_seed": stream, "config": {"scenario": {"stream_seed": stream}}}
+        rows += [_variant(retrain, oracle, oracle, run_id=f"retrain-{stream}", **fields),
+                 _variant(ga, oracle - 8 if stream == 2 else oracle + 2, oracle, run_id=f"ga-{stream}", **fields)]
+    for kept in (rows, [r for r in rows if r["method"] == "ga"]):  # real retrain runs, or the rows' references
+        md = compare(_write(tmp_path / "streams.jsonl", kept))
+        assert _line(md, "retrain")[1:3] == ["2", "20.00 ± 14.14"]
+        assert _line(md, "ga")[1:3] == ["2", "17.00 ± 7.07 (3.00)"]
+        assert _line(md, "ga")[4] == "8.00 ± 2.12"  # Avg. Gap: (2 + 11) / 2 and (8 + 11) / 2
+    csv = compare(str(tmp_path / "streams.jsonl"), fmt="csv")
+    assert ",ga,2,17.0000,7.0711,63.5310,3.0000," in csv
+
+
+def test_rows_without_an_oracle_have_no_retrain_row_and_no_gap(tmp_path):
+    """A stream run with scenario.oracle=false: no reference oracle, so no Retrain row (not one of NaNs) and no
+    gap to show."""
+    rows = [r | {"reference": {"original": r["reference"]["original"], "oracle": {}}, "gap": {},
+                 "avg_gap": float("nan"), "rte_relative": float("nan")}
+            for r in sequence_rows(steps=(1,)) if r["method"] == "ga"]
+    md = compare(_write(tmp_path / "free.jsonl", rows))
+    assert "| retrain" not in md and _line(md, "ga")[1:3] == ["2", "nan ± nan"] and "(" not in _line(md, "ga")
+
+
+def test_a_configuration_run_twice_counts_once_the_latest_kept(tmp_path):
+    """Seed 1 run again (a relaunched sweep, into another results_dir): its latest run is kept, by time where
+    rows have one, else by order; a stale seed-0 row later in the file is older, so dropped. Runs that differ in
+    lr, stream or eval.oracles are not collapsed."""
+    ga0, ga1 = [r for r in sequence_rows(steps=(1,)) if r["method"] == "ga"]  # forget_score 12 and 14
+    config = {"seed": 0, "results_dir": "a", "table_path": "a/t.jsonl", "method": {"lr": 0.01}, "eval": {"oracles": 1}}
+    first = [_variant(ga0, 12, time="2026-01-01T00:00:00+00:00", config=config),
+             _variant(ga1, 14, time="2026-01-02T00:00:00+00:00", config=config | {"seed": 1})]
+    again = _variant(ga1, 16, run_id="ga1-again", time="2026-02-01T00:00:00+00:00",
+                     config=config | {"seed": 1, "results_dir": "b", "table_path": "b/t.jsonl", "use_cache": False})
+    stale = _variant(ga0, 100, run_id="ga0-stale", time="2025-01-01T00:00:00+00:00", config=config)
+    md = compare(_write(tmp_path / "rerun.jsonl", [*first, again, stale]))
+    assert _line(md, "ga")[1:3] == ["2", "14.00 ± 2.83 (4.00)"]
+    assert "\n2 duplicate rows (same configuration run again) collapsed; the latest kept.\n" in md
+    untimed = [{k: v for k, v in r.items() if k != "time"} for r in (*first, again)]
+    md = compare(_write(tmp_path / "untimed.jsonl", untimed))
+    assert _line(md, "ga")[1:3] == ["2", "14.00 ± 2.83 (4.00)"] and "1 duplicate rows" in md
+    other = [first[0],
+             _variant(ga0, 13, run_id="lr", method_params={"lr": 0.02, "epochs": 2},
+                      config=config | {"method": {"lr": 0.02}}),
+             _variant(ga0, 15, run_id="stream", stream_seed=2, config=config | {"scenario": {"stream_seed": 2}}),
+             _variant(ga0, 17, run_id="oracles", config=config | {"eval": {"oracles": 3}})]
+    md = compare(_write(tmp_path / "different.jsonl", other))
+    assert _line(md, "ga")[1] == "4" and "collapsed" not in md

@@ -56,3 +56,18 @@ def test_lora_methods_refuse_models_without_transformer_blocks(method, tmp_path)
     with pytest.raises(ConfigError, match="model=vit_tiny"):
         exp.original_model(exp.seed)
     assert not list(tmp_path.glob("original-*"))
+
+
+def test_prototype_term_is_kl_from_the_prototype_to_the_model():
+    """GS-LoRA++'s authors compute F.kl_div(log p_model, log p_proto, log_target=True): KL(prototype ‖ model),
+    batch mean. Checked against the formula by hand, and against the reversed direction it must not be."""
+    from unlearn.methods.gs_lora import prototype_kl
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    protos = torch.tensor([[0.0, 1.0, 0.0], [1.0, -1.0, 2.0]])
+    p = torch.softmax(logits, -1).numpy()
+    q = torch.softmax(protos, -1).numpy()
+    forward = float(np.mean(np.sum(q * (np.log(q) - np.log(p)), axis=1)))
+    reverse = float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
+    assert float(prototype_kl(logits, protos)) == pytest.approx(forward, rel=1e-6)
+    assert abs(forward - reverse) > 0.05

@@ -7,9 +7,10 @@ import pytest
 
 from llm_bench_files import AUTHORS_ROWS, save_tiny_lm, write_muse, write_tofu, write_wmdp
 from unlearn.data.facts import load_tokenizer
-from unlearn.data.llm_benchmarks import load_muse, load_tofu, load_wmdp
+from unlearn.data.llm_benchmarks import load_muse, load_tofu, load_wmdp, wmdp_prompt
 from unlearn.errors import ConfigError, DataNotFoundError, UnsupportedTaskError
-from unlearn.eval.llm import multiple_choice_accuracy, rouge_l_f1
+from unlearn.eval.llm import multiple_choice_accuracy, rouge_l_f1, rouge_l_recall
+from unlearn.tasks.llm_benchmarks import MuseTask, knowmem_answer
 
 FAST = ["device=cpu", "threads=1", "data.source.download=false", "data.train.epochs=30", "data.train.lr=1e-2",
         "data.train.batch_size=8", "data.task.eval_batch_size=16", "method=ga", "method.lr=3e-3", "method.epochs=3",
@@ -28,6 +29,42 @@ def test_rouge_l_f1_weighs_precision_and_recall():
     # "she was born" is the LCS: recall 3/6 of the reference, precision 3/5 of the prediction -> F1 = 6/11
     scores = rouge_l_f1(["she was born in Lima", "Lima is where she was born."], ["Lima is where she was born."] * 2)
     assert scores.tolist() == pytest.approx([6 / 11, 1.0])
+
+
+def test_rouge_follows_each_benchmarks_stemming():
+    """MUSE's scorer does not stem (F1 0.154 here); TOFU's ROUGE-L recall stems, as open-unlearning."""
+    pred, ref = ["running dogs jumped over walls"], ["the dog runs and jumps over a wall"]
+    assert rouge_l_f1(pred, ref).tolist() == pytest.approx([2 / 13])  # "over" alone: P 1/5, R 1/8
+    assert rouge_l_f1(pred, ref, stem=True).tolist() == pytest.approx([8 / 13])
+    assert rouge_l_recall(pred, ref).tolist() == pytest.approx([4 / 8])  # dog run jump over / 8 reference words
+
+
+def test_knowmem_answer_is_cut_as_muse_cuts_it():
+    assert knowmem_answer(" Paris\n\nQuestion: x") == " Paris"
+    assert knowmem_answer("Paris\nQuestion: what") == "Paris"
+    assert knowmem_answer("Paris Question: what\n\n") == "Paris "
+    assert knowmem_answer("Paris\nand Lyon") == "Paris\nand Lyon"  # one line break is kept
+
+
+def test_muse_prompts_and_references_follow_muse(files):
+    data = load_muse("bytes", root=str(files["muse"]), download=False, max_length=512)
+    task = MuseTask("bytes")
+    prompt = task.tokenizer.decode([t for t in data.extra["knowmem_forget"]["prompt_ids"][0].tolist()
+                                    if t not in (task.tokenizer.pad_id, task.tokenizer.bos_id)])
+    assert prompt.startswith("Question: ") and prompt.endswith("\nAnswer: ") and prompt.count("Question: ") == 3
+    verbmem = data.extra["verbmem"]
+    full = task.true_answers(verbmem)
+    # VerbMem's reference is the true continuation cut to its first N tokens, BOS counted among them (MUSE)
+    assert task.true_answers(verbmem, max_tokens=5) == [text[:5] for text in full]
+
+
+def test_wmdp_prompt_is_lm_evaluation_harness_s():
+    from unlearn.data.llm_benchmarks import WMDP_SUBJECTS
+
+    assert WMDP_SUBJECTS["cyber"] == "cybersecurity" and WMDP_SUBJECTS["bio"] == "biology"
+    assert wmdp_prompt("cybersecurity", "  What is X?\n", ["a", "b", "c", "d"]) == (
+        "The following are multiple choice questions (with answers) about cybersecurity.\n\n"
+        "What is X?\nA. a\nB. b\nC. c\nD. d\nAnswer:")
 
 
 def test_multiple_choice_accuracy():
@@ -340,3 +377,106 @@ def test_published_lm_loads_in_bfloat16_and_bad_dtype_is_refused(published):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     with pytest.raises(ConfigError, match="model.dtype"):
         check_node(compose_config("data=facts", "model=hf_causal_lm", "model.name=x", "model.dtype=int8").model)
+
+
+# ---- what a LoRA-unlearned model is measured and attacked as: the merged, deployable model ------------------
+def test_gradnorm_does_not_depend_on_the_parametrisation():
+    """GradNorm differentiates every weight of the deployed model: a fresh adapter (the same function) and a
+    trained one scored as the peft model give the numbers of the merged model."""
+    import copy
+
+    import torch
+
+    from unlearn.data.facts import load_facts
+    from unlearn.models.lora import LoraSettings, deployed
+    from unlearn.runtime import Runtime
+    from unlearn.tasks.llm import LanguageModelTask
+
+    original, unlearned = _lora_unlearn(False)
+    task, runtime = LanguageModelTask(), Runtime.from_config("cpu")
+    data = load_facts(n_authors=3, facts_per_author=2, val_authors=1, test_authors=1, world_facts=2).train.subset(np.arange(4))
+    plain = task.gradient_norms(original, data, runtime)
+    fresh = task.gradient_norms(LoraSettings(r=4).wrap(copy.deepcopy(original)), data, runtime)
+    assert fresh == pytest.approx(plain, rel=1e-4)
+    merged = copy.deepcopy(unlearned).merge_and_unload()
+    assert task.gradient_norms(unlearned, data, runtime) == pytest.approx(task.gradient_norms(merged, data, runtime),
+                                                                          rel=1e-4)
+    assert all(p.requires_grad for n, p in unlearned.named_parameters() if "lora_" in n)  # flags given back
+    assert not any(p.requires_grad for n, p in unlearned.named_parameters() if "lora_" not in n)
+    assert deployed(original) is original and not hasattr(deployed(unlearned), "peft_config")
+
+
+def test_relearning_attacks_the_merged_model_not_the_adapters(files, tmp_path):
+    """attack=relearn on a LoRA-unlearned model trains every weight of the merged model: the attacked metrics
+    equal those of the same function unwrapped."""
+    import copy
+
+    from conftest import compose_config
+    from unlearn.pipeline import Experiment
+
+    cfg = compose_config(*TOFU(files), "model.lora.r=4", "method.lr=3e-2", "attack=relearn", "attack.steps=3",
+                         "attack.lr=1e-2", f"cache_dir={tmp_path / 'cache'}", f"table_path={tmp_path / 't.jsonl'}")
+    exp = Experiment(cfg)
+    art = exp.prepare()
+    splits = exp.splits()
+    unlearned, status, _ = exp.unlearn(art, splits)
+    assert status == "ok" and hasattr(unlearned, "peft_config")
+    names = ["forget_prob", "retain_prob"]
+    as_peft = exp.attacked(unlearned, None, art, splits, names)
+    unwrapped = exp.attacked(copy.deepcopy(unlearned).merge_and_unload().requires_grad_(True), None, art, splits, names)
+    assert as_peft["relearn.forget_prob"] == pytest.approx(unwrapped["relearn.forget_prob"], rel=1e-4)
+    assert as_peft["relearn.forget_prob"] > exp.evaluate(unlearned, art.oracle, splits)["forget_prob"]
+
+
+def test_a_lora_stream_keeps_one_adapter_that_loads_onto_the_original(tmp_path, shared_cache):
+    """LoRA across the steps of a stream trains the same adapter: the saved final adapter loads onto the
+    original and scores the last step's metrics."""
+    from peft import PeftModel
+
+    from conftest import compose_config
+    from test_llm import TINY_LLM
+    from unlearn.config import build
+    from unlearn.pipeline import Experiment
+    from unlearn.report.compare import load_rows
+
+    table = tmp_path / "table.jsonl"
+    cfg = compose_config(*TINY_LLM, f"cache_dir={shared_cache}", "scenario=sequence", "scenario.steps=2",
+                         "method=ga", "method.lr=2e-3", "method.epochs=2", "model.lora.r=4", "save_model=true",
+                         f"table_path={table}")
+    exp = Experiment(cfg)
+    build(cfg.scenario).run(exp, run_dir=tmp_path / "run")
+    rows = load_rows(table)
+    adapter = json_of(tmp_path / "run" / "model" / "adapter_config.json")
+    assert "lm_head" not in str(adapter["target_modules"])
+    original = exp.original_model(exp.seed)[0]
+    loaded = PeftModel.from_pretrained(original, tmp_path / "run" / "model")
+    assert not any("base_layer.lora" in n or ".base_layer.base_layer" in n for n, _ in loaded.named_parameters())
+    exp.set_forget(*exp._forget)  # the last step's request and retained set
+    last = rows[-1]
+    splits = exp.splits()
+    from unlearn.scenarios.sequence import Sequence
+
+    data = exp.data()[0]
+    request = Sequence(steps=2).requests(exp)[-1]
+    splits = Sequence._splits(data, request, exp._forget[0])
+    exp.seed_stage(exp.seed, "evaluate")
+    metrics = exp.task.evaluate(loaded, splits, exp.runtime, int(cfg.eval.seed))
+    assert metrics["forget_prob"] == pytest.approx(last["metrics"]["forget_prob"], rel=1e-4)
+
+
+def json_of(path):
+    import json
+
+    return json.loads(path.read_text())
+
+
+def test_a_population_of_one_published_model_is_refused(files, published, tmp_path):
+    """eval.oracles=N with original.path / oracle.path would make KLoM, LiRA and ε compare copies of one model."""
+    from conftest import compose_config
+    from unlearn.pipeline import Experiment
+
+    no_model_name = [a for a in TOFU(files) if not a.startswith("model.name=")]
+    for paths in ([f"original.path={published['original']}", f"oracle.path={published['oracle']}"],
+                  [f"model.name={files['lm']}", f"oracle.path={published['oracle']}"]):
+        with pytest.raises(ConfigError, match=r"eval\.oracles=3 .* copies of one model; use eval\.oracles=1"):
+            Experiment(compose_config(*no_model_name, *paths, "eval.oracles=3", f"cache_dir={tmp_path}"))

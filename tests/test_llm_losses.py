@@ -123,8 +123,9 @@ def test_exact_memorization_and_extraction_strength():
 def test_min_k_and_min_k_plus_plus():
     logp = np.array([[-1.0, -5.0, -2.0, -0.1, 0.0], [-3.0, -3.0, 0.0, 0.0, 0.0]])
     mask = np.array([[True, True, True, True, False], [True, False, False, False, False]])
-    # row 0: n = 4, ⌈0.4·4⌉ = 2 lowest: −5, −2 -> 3.5; row 1: n = 1 -> 3
-    assert min_k_scores(logp, mask, 0.4).tolist() == pytest.approx([3.5, 3.0])
+    # row 0: n = 4, ⌊0.4·4⌋ = 1 lowest: −5 -> 5 (⌈·⌉ would take −5, −2 -> 3.5); row 1: n = 1, at least one -> 3
+    assert min_k_scores(logp, mask, 0.4).tolist() == pytest.approx([5.0, 3.0])
+    assert min_k_scores(logp, mask, 0.5).tolist() == pytest.approx([3.5, 3.0])  # ⌊2⌋ = 2: −5, −2
     assert min_k_scores(logp, mask, 1.0).tolist() == pytest.approx([2.025, 3.0])
     z = min_k_plus_plus_tokens(np.array([[-1.0, -2.0]]), np.array([[-2.0, -2.0]]), np.array([[4.0, 0.0]]))
     assert z.tolist() == [[0.5, 0.0]]  # (−1 − (−2))/2; σ = 0 -> 0
@@ -144,8 +145,27 @@ def test_mia_auc_orientation_and_privleak():
     assert mia_auc(np.array([0.9, 1.0]), np.array([0.5, 0.6])) == 0.0
     assert mia_auc(np.array([0.5]), np.array([0.5])) == 0.5
     assert math.isnan(mia_auc(np.array([np.nan]), np.array([0.5])))
-    assert privleak(0.75, 0.5) == pytest.approx(50.0) and privleak(0.25, 0.5) == pytest.approx(-50.0)
-    assert math.isnan(privleak(float("nan"), 0.5))
+    # MUSE's sign: a model whose forget set is fully familiar (our AUC 1, MUSE's 0) reads −100 against a retrain
+    # at 0.5; under-unlearned is negative, over-unlearned positive.
+    assert privleak(1.0, 0.5) == pytest.approx(-100.0) and privleak(0.5, 0.5) == 0.0
+    assert privleak(0.75, 0.5) == pytest.approx(-50.0) and privleak(0.25, 0.5) == pytest.approx(50.0)
+    assert privleak(0.9, 0.6) == pytest.approx((0.1 - 0.4) / 0.4 * 100)
+    assert math.isnan(privleak(float("nan"), 0.5)) and math.isnan(privleak(0.5, 1.0))
+
+
+def test_privleak_equals_muses_formula_on_its_own_auc():
+    """MUSE scores −MinK with the forget set labelled 0 (non-member) and holdout 1, then
+    (AUC − AUC_retrain)/AUC_retrain × 100: computed here independently with scikit-learn."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    forget_m, holdout = rng.normal(1.0, 1.0, 40), rng.normal(2.0, 1.0, 50)  # the model finds forget familiar
+    forget_r = rng.normal(1.9, 1.0, 40)                                     # the retrain hardly does
+    labels = np.r_[np.zeros(40), np.ones(50)]
+    muse = lambda f: roc_auc_score(labels, -np.r_[f, holdout])  # noqa: E731
+    expected = (muse(forget_m) - muse(forget_r)) / muse(forget_r) * 100
+    assert privleak(mia_auc(forget_m, holdout), mia_auc(forget_r, holdout)) == pytest.approx(expected)
+    assert expected < -50  # under-unlearned reads negative, as MUSE's target models (about −100)
 
 
 def test_truth_ratio_forget_normalised_probability_and_model_utility():

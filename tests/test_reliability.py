@@ -232,3 +232,39 @@ def test_compare_csv_has_one_header_over_mixed_settings(run_experiment, tmp_path
     run_experiment("method=ga", "method.epochs=1", "forget=class", "forget.classes=[3]")
     frame = pd.read_csv(io.StringIO(compare(tmp_path / "outputs" / "table.jsonl", fmt="csv")))
     assert len(frame) == 4 and set(frame["method"]) == {"retrain", "ga"}  # two settings, one table
+
+
+# ---- names a config gives are resolved before anything trains ------------------------------------------
+LLM_TINY = ["data=facts", "device=cpu", "threads=1", "data.source.n_authors=4", "data.source.facts_per_author=2",
+            "data.source.val_authors=1", "data.source.test_authors=1"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method=rmu", "method.trained_params=mlp.nosuch.weight"], r"trained_params='mlp\.nosuch\.weight' names no parameter"),
+    (["method=rmu", "method.layer=7"], r"method\.layer=7: the model has 2 decoder layers"),
+    (["method=ga", "model.lora.r=2", "model.lora.target_modules=[nosuch_proj,q_proj]"],
+     r"'nosuch_proj' names no module of LlamaForCausalLM; its linear layers are .*q_proj"),
+    (["method=ga", "model.lora.r=2", "model.lora.target_modules=nosuch.*"], r"'nosuch\.\*' names no module"),
+])
+def test_names_of_weights_are_refused_before_anything_trains(overrides, message, tmp_path, monkeypatch):
+    from unlearn.config import compose_config
+    from unlearn.errors import ConfigError
+    from unlearn.pipeline import Experiment
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(Experiment, "_train", never)
+    with pytest.raises(ConfigError, match=message):
+        Experiment(compose_config(*LLM_TINY, f"cache_dir={tmp_path / 'cache'}", *overrides))
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt"))
+
+
+def test_a_missing_stable_diffusion_path_is_refused_before_the_judge_trains(tmp_path):
+    from unlearn.config import compose_config
+    from unlearn.errors import ConfigError
+    from unlearn.pipeline import Experiment
+
+    with pytest.raises(ConfigError, match=r"model\.path='/nonexistent/sd' is not a StableDiffusionPipeline"):
+        Experiment(compose_config("data=shapes_t2i", "model=sd_pretrained", "model.path=/nonexistent/sd",
+                                  "method=esd", f"cache_dir={tmp_path}", "device=cpu"))

@@ -37,6 +37,7 @@ from unlearn.knobs import check_knobs
 from unlearn.eval.population import population_metric_names, population_metrics
 from unlearn.methods.base import Method, OriginalTrainer, UnlearnContext
 from unlearn.models import checkpoints
+from unlearn.models.lora import deployed
 from unlearn.models.pruning import Pruner, apply_masks, masks_of, plain_state_dict, sparsity
 from unlearn.report.loggers import Logger, record_row, write_json_atomic
 from unlearn.report.row import environment, make_row, summary_table
@@ -122,11 +123,38 @@ class Experiment:
         self._beside: dict[str, Any] = {}
         if self.cfg.get("parallel_training", "auto") not in ("auto", True, False):
             raise ConfigError(f"parallel_training={self.cfg.parallel_training!r} must be auto, true or false")
+        if self.n_models > 1 and self.checkpoints:
+            given = " and ".join(f"{role}.path" for role in self.checkpoints)
+            raise ConfigError(f"eval.oracles={self.n_models} compares populations of models trained from different "
+                              f"seeds, but {given} fixes every member to one published model, so KLoM, LiRA and the "
+                              f"ε score would compare copies of one model; use eval.oracles=1, or drop {given} to "
+                              f"train the population")
+        # Names a config gives (a model's source, LoRA's target modules, a method's parameters) are resolved now.
+        source_check = getattr(target_of(cfg.model), "check_source", None)
+        if source_check is not None:
+            source_check(self.model_config)
+        self.method.check_weights(self.probe_model)
 
     # ---- models -------------------------------------------------------------------------------
     def new_model(self, model_seed: int, stage: str) -> nn.Module:
         torch.manual_seed(derive_seed(model_seed, "init", stage))
         return self.runtime.place(build(self.cfg.model))
+
+    def probe_model(self) -> nn.Module | None:
+        """The run's model without weights (meta device: its module and parameter names), for the checks made
+        before anything trains; the factory's own `probe` where it has one (a pretrained model built from its
+        config). None where the model cannot be built so (its constructor computes with its weights)."""
+        factory = target_of(self.cfg.model)
+        with torch.random.fork_rng(devices=[]):  # building must not move the stages' seeded RNG
+            if hasattr(factory, "probe"):
+                return factory.probe(self.model_config)
+            try:
+                with torch.device("meta"):
+                    return build(self.cfg.model)
+            except ConfigError:
+                raise
+            except Exception:  # noqa: BLE001 - not probe-able; the method checks its names when it starts
+                return None
 
     def model_from_state(self, payload: dict[str, Any]) -> nn.Module:
         model = self.new_model(self.seed, "load")
@@ -654,7 +682,7 @@ class Experiment:
                                 self.runtime.generator(art.model_seed, "attack"), original=art.original,
                                 eval_seed=int(self.cfg.eval.seed))
             try:
-                attacked = self.attack.attack(model, ctx)
+                attacked = self.attack.attack(deployed(model), ctx)  # the model a user would deploy (LoRA merged)
             except DivergedError as exc:
                 log.warning("attack %s diverged: %s", prefix, exc)
                 return failed

@@ -3,6 +3,8 @@
 An attack is a robustness probe of a trained model: it returns an attacked copy, which the pipeline scores
 with the task's own metrics under the attack's prefix (e.g. `relearn.UA`). The same attack, with the same
 random draws, runs on the unlearned model, the original and the oracle, so the three attacked rows compare.
+An attack sees the model a user would deploy: a LoRA-unlearned model with its adapters merged
+(`unlearn.models.lora.deployed`), so relearning trains every weight, not the adapters alone.
 """
 from __future__ import annotations
 

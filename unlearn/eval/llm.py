@@ -54,23 +54,24 @@ def ks_forget_quality(ratios: np.ndarray, reference_ratios: np.ndarray) -> float
     return float(ks_2samp(ratios, reference).pvalue)
 
 
-def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """Per-example ROUGE-L recall of each prediction against its reference (rouge-score, Porter stemming as in
-    TOFU): the share of the reference's words recovered in order."""
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    scorer = _rouge_l_scorer()
-    return np.array([scorer.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references)],
-                    dtype=np.float64)
+def rouge_l_recall(predictions: Sequence[str], references: Sequence[str], stem: bool = True) -> np.ndarray:
+    """Per-example ROUGE-L recall of each prediction against its reference (rouge-score): the share of the
+    reference's words recovered in order. TOFU's score (Porter stemming on, as TOFU and open-unlearning)."""
+    return _rouge_l(predictions, references, stem, "recall")
 
 
-def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """Per-example ROUGE-L F1 of each prediction against its reference (rouge-score, Porter stemming): MUSE's
-    VerbMem and KnowMem score (Shi et al. 2024), which weighs precision as well as recall."""
+def rouge_l_f1(predictions: Sequence[str], references: Sequence[str], stem: bool = False) -> np.ndarray:
+    """Per-example ROUGE-L F1 of each prediction against its reference (rouge-score), which weighs precision as
+    well as recall: MUSE's VerbMem and KnowMem score (Shi et al. 2024). MUSE's own scorer does not stem
+    (`use_stemmer=False`), so neither does this by default; open-unlearning's MUSE port stems and differs."""
+    return _rouge_l(predictions, references, stem, "fmeasure")
+
+
+def _rouge_l(predictions: Sequence[str], references: Sequence[str], stem: bool, measure: str) -> np.ndarray:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    scorer = _rouge_l_scorer()
-    return np.array([scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)],
+    scorer = _rouge_l_scorer(bool(stem))
+    return np.array([getattr(scorer.score(ref, pred)["rougeL"], measure) for pred, ref in zip(predictions, references)],
                     dtype=np.float64)
 
 
@@ -91,12 +92,12 @@ def multiple_choice_accuracy(choice_logprobs: np.ndarray, answers: np.ndarray) -
     return float(np.mean(scores.argmax(axis=1) == answers.astype(np.int64)))
 
 
-@lru_cache(maxsize=1)
-def _rouge_l_scorer():
-    """One scorer per process: building one loads the stemmer and logs a line each time."""
+@lru_cache(maxsize=2)
+def _rouge_l_scorer(stem: bool):
+    """One scorer per stemming setting and process: building one loads the stemmer and logs a line each time."""
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stem)
 
 
 # ---- truth ratio summaries, model utility ------------------------------------------------------------
@@ -171,7 +172,8 @@ def extraction_strength(correct: np.ndarray, mask: np.ndarray) -> np.ndarray:
 # an over-unlearned one → 0 (its forget items look less familiar than text it never saw).
 
 def min_k_scores(token_scores: np.ndarray, mask: np.ndarray, k: float = 0.4) -> np.ndarray:
-    """Min-K% (Shi et al. 2024): −mean of the lowest ⌈k·n⌉ of an item's n per-token scores.
+    """Min-K% (Shi et al. 2024): −mean of the lowest ⌊k·n⌋ (at least one) of an item's n per-token scores, the
+    count rounded down as the Min-K% authors, MUSE and open-unlearning do.
 
     token_scores: (N, T) per-token log-probabilities of the labels (Min-K%), or their standardised form
     (Min-K%++, see `min_k_plus_plus_tokens`); mask: (N, T) bool answer positions; 0 < k <= 1.
@@ -185,7 +187,7 @@ def min_k_scores(token_scores: np.ndarray, mask: np.ndarray, k: float = 0.4) -> 
     for i, (row, keep) in enumerate(zip(scores, mask)):
         values = np.sort(row[keep])
         if values.size:
-            out[i] = -values[: int(np.ceil(k * values.size))].mean()
+            out[i] = -values[: max(1, int(k * values.size))].mean()
     return out
 
 
@@ -222,10 +224,16 @@ def mia_auc(forget_scores: np.ndarray, holdout_scores: np.ndarray) -> float:
 
 
 def privleak(auc_model: float, auc_retrain: float) -> float:
-    """PrivLeak (MUSE, Shi et al. 2024) in percent: (AUC_model − AUC_retrain)/AUC_retrain × 100, with AUCs
-    oriented as in `mia_auc` (forget told from holdout). 0 = as private as retraining; positive = the forget
-    set still leaks membership (under-unlearned); negative = it looks less familiar than unseen text
-    (over-unlearned). MUSE prints the same number; open-unlearning's AUC orientation flips its sign."""
-    if not (np.isfinite(auc_model) and np.isfinite(auc_retrain)) or auc_retrain <= 0:
+    """PrivLeak in percent exactly as MUSE (Shi et al. 2024) and open-unlearning report it.
+
+    Inputs are AUCs in this module's orientation (`mia_auc`: telling forget from holdout, original ≈ 1).
+    MUSE labels the forget set as the non-members, so its AUC is 1 − ours, and
+    PrivLeak = (AUC_model − AUC_retrain) / AUC_retrain × 100 in MUSE's orientation, i.e.
+    (auc_retrain − auc_model) / (1 − auc_retrain) × 100 here.
+    Sign (MUSE's): 0 = as private as retraining; **negative = under-unlearned** (the forget set still looks
+    familiar; a model trained on it reads about −100); positive = over-unlearned. NaN when the retrain's MUSE AUC
+    is 0 or an input is not finite."""
+    if not (np.isfinite(auc_model) and np.isfinite(auc_retrain)) or auc_retrain >= 1:
         return float("nan")
-    return float((auc_model - auc_retrain) / auc_retrain * 100.0)
+    muse_model, muse_retrain = 1.0 - auc_model, 1.0 - auc_retrain
+    return float((muse_model - muse_retrain) / muse_retrain * 100.0)

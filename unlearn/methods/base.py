@@ -85,6 +85,12 @@ class Method:
             raise UnsupportedTaskError(f"method {self.name!r} trains on relabelled forget examples, which this data "
                                        f"set cannot make: {task.relabel_note}")
 
+    def check_weights(self, probe: Callable[[], Optional[nn.Module]]) -> None:
+        """Raise ConfigError if a name this method takes (parameters, modules) names nothing in the model; called
+        before anything trains. `probe()` builds the run's model without weights (meta device: the same module and
+        parameter names), or None where the model cannot be probed; call it only when there is a name to check.
+        Nothing by default."""
+
     def check_model(self, model_config: dict) -> None:
         """Raise ConfigError if this method cannot run on the model `model_config` builds (called before
         anything trains). Nothing by default."""
@@ -177,6 +183,14 @@ class GradientMethod(Method):
         if self._lora.enabled and self.mask != "none":
             raise ConfigError(f"method.mask={self.mask} selects weights of the full model, LoRA trains adapters "
                               f"instead: use one of them (method.mask=none or drop model.lora.r)")
+
+    def check_weights(self, probe: Callable[[], Optional[nn.Module]]) -> None:
+        """LoRA's target modules must each name a module of the model (peft itself only fails after training,
+        and only when none matches)."""
+        if self._lora.enabled:
+            model = probe()
+            if model is not None:
+                self._lora.check_targets(model)
 
     def objective(self, ctx: UnlearnContext, model: nn.Module, forget: Optional[Batch], retain: Optional[Batch]) -> torch.Tensor:
         raise NotImplementedError

@@ -133,8 +133,9 @@ class GSLoRA(GradientMethod):
 
 
 class GSLoRAPlusPlus(GSLoRA):
-    """GS-LoRA++: adds λ_f·ReLU(BND_pro − KL(softmax(z_f) ‖ softmax(p_y))) + λ_r·KL(softmax(z_r) ‖ softmax(p_y)),
-    with p_y the incoming model's mean logits over the examples of class y (its prototypes)."""
+    """GS-LoRA++: adds λ_f·ReLU(BND_pro − KL(softmax(p_y) ‖ softmax(z_f))) + λ_r·KL(softmax(p_y) ‖ softmax(z_r)),
+    with p_y the incoming model's mean logits over the examples of class y (its prototypes). The KL runs from
+    the prototype to the model, as the authors compute it (see `prototype_kl`)."""
 
     name = "gs_lora_pp"
     knobs = {"lambda_f": NON_NEGATIVE, "lambda_r": NON_NEGATIVE, "bound_pro": NON_NEGATIVE}
@@ -161,9 +162,15 @@ class GSLoRAPlusPlus(GSLoRA):
 
     def extra_terms(self, model: nn.Module, forget: Batch, retain: Batch) -> torch.Tensor:
         def kl_to_prototype(batch: Batch) -> torch.Tensor:
-            log_p = F.log_softmax(model(batch["x"]).float(), dim=-1)
-            log_q = F.log_softmax(self._prototypes[batch["y"]], dim=-1)
-            return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+            return prototype_kl(model(batch["x"]), self._prototypes[batch["y"]])
 
         return (self.lambda_f * F.relu(self.bound_pro - kl_to_prototype(forget))
                 + self.lambda_r * kl_to_prototype(retain))
+
+
+def prototype_kl(logits: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Batch mean of KL(softmax(prototype) ‖ softmax(logits)): the prototype's distribution is the reference
+    (the target of `F.kl_div`), as in the GS-LoRA++ authors' code. logits, prototypes: (B, C) -> scalar."""
+    log_model = F.log_softmax(logits.float(), dim=-1)
+    log_proto = F.log_softmax(prototypes.float(), dim=-1)
+    return F.kl_div(log_model, log_proto, log_target=True, reduction="batchmean")

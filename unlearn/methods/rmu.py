@@ -87,15 +87,26 @@ class RMU(GradientMethod):
         super().check_model(model_config)
         self._check_layers(model_layers(model_config))
 
-    def prepare(self, ctx, model):
-        layers = decoder_layers(model)
+    def check_weights(self, probe):
+        model = probe()
+        if model is not None:
+            self._trained(decoder_layers(model))
+
+    def _trained(self, layers: nn.ModuleList) -> list[nn.Parameter]:
+        """The parameters RMU trains: `trained_params` of layers layer−trained_layers+1..layer (ConfigError if
+        the layer is beyond the model or the name matches no parameter)."""
         self._check_layers(len(layers))
-        self._frozen_model = frozen_copy(ctx.original)
         trained = {f"{i}.{self.trained_params}" for i in range(max(0, self.layer - self.trained_layers + 1), self.layer + 1)}
         params = [p for name, p in layers.named_parameters() if name in trained]
         if not params:
+            example = next(iter(dict(layers.named_parameters()))).split(".", 1)[-1]
             raise ConfigError(f"method.trained_params={self.trained_params!r} names no parameter of the decoder layers "
-                              f"(e.g. {next(iter(dict(layers.named_parameters())))!r} without the layer index)")
+                              f"(a parameter name within a layer, e.g. {example!r})")
+        return params
+
+    def prepare(self, ctx, model):
+        params = self._trained(decoder_layers(model))
+        self._frozen_model = frozen_copy(ctx.original)
         for param in model.parameters():
             param.requires_grad_(False)
         for param in params:

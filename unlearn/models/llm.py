@@ -67,6 +67,34 @@ def causal_lm_from_checkpoint(path: str, model_config: dict | None = None) -> nn
                                 gradient_checkpointing=bool(config.get("gradient_checkpointing", False)))
 
 
+def _pretrained_config(model_config: dict):
+    """The HF config of `model.name` (ConfigError if it cannot be read): no weights are loaded."""
+    from transformers import AutoConfig
+
+    name = model_config.get("name")
+    if not name:
+        raise ConfigError("model.name is empty; give a hub name (e.g. model.name=gpt2) or a local folder")
+    try:
+        return AutoConfig.from_pretrained(name, revision=model_config.get("revision"),
+                                          local_files_only=bool(model_config.get("local_files_only")))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the causal LM {name!r} ({type(exc).__name__}: {exc}); give a local folder "
+                          f"saved with save_pretrained, or a hub name on a machine with network access") from None
+
+
+def _pretrained_probe(model_config: dict) -> nn.Module:
+    """The pretrained causal LM without weights (meta device), built from its config alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = _pretrained_config(model_config)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+# Checked before anything trains: the model's source exists; the probe names its modules (Experiment.probe_model).
+pretrained_causal_lm.check_source = _pretrained_config
+pretrained_causal_lm.probe = _pretrained_probe
 # Published originals and oracles of any causal-LM config load through from_pretrained (unlearn/models/checkpoints.py).
 tiny_llama.from_checkpoint = causal_lm_from_checkpoint
 pretrained_causal_lm.from_checkpoint = causal_lm_from_checkpoint

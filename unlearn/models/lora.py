@@ -6,9 +6,14 @@ checkpointing (`model.gradient_checkpointing=true`) trades compute for activatio
 known trap: with reentrant checkpointing and frozen embeddings no input of a checkpointed block requires a
 gradient, so the adapters inside silently receive none; `enable_input_require_grads` makes the embedding
 output require one.
+
+What is measured or attacked is the model a user would deploy (`deployed`): the adapters merged into the
+weights, so no score depends on how the model was parametrised while it was unlearned.
 """
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +51,23 @@ class LoraSettings:
     def enabled(self) -> bool:
         return self.r is not None
 
+    def check_targets(self, model: nn.Module) -> None:
+        """ConfigError unless every name of `target_modules` matches a module of `model` under peft's rules (a
+        list entry matches a module name or its last dotted parts; a string other than "all-linear" is a regular
+        expression the whole name must match). `model` may be weightless (meta device)."""
+        names = [name for name, _ in model.named_modules() if name]
+        targets = self.target_modules
+        if isinstance(targets, str):
+            if targets == "all-linear" or any(re.fullmatch(targets, n) for n in names):
+                return
+            missing = [targets]
+        else:
+            missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+            raise ConfigError(f"model.lora.target_modules: {', '.join(map(repr, missing))} names no module of "
+                              f"{type(model).__name__}; its linear layers are {', '.join(leaves)} (or all-linear)")
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """`model` with trainable LoRA adapters and every original weight frozen (a peft model)."""
         from peft import LoraConfig, get_peft_model
@@ -68,4 +90,28 @@ def prepare_for_training(model: nn.Module, lora: LoraSettings, gradient_checkpoi
         return model
     if gradient_checkpointing:
         model.enable_input_require_grads()
+    if is_peft(model):  # a stream's later step: keep training the same adapter, so it loads onto the base model
+        return model
     return lora.wrap(model)
+
+
+def is_peft(model: nn.Module) -> bool:
+    """Whether `model` is a peft model (base weights plus adapters)."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency; a model cannot be one without it
+        return False
+    return isinstance(model, PeftModel)
+
+
+def deployed(model: nn.Module) -> nn.Module:
+    """The model a user would deploy: for a peft model, a copy with its adapters merged into the base weights
+    (a plain transformers model, every weight trainable, as the same function unwrapped would be); any other model
+    is returned as it is. Membership scores that differentiate the weights (GradNorm) and attacks that train them
+    (relearning) see this, not the adapters alone."""
+    if not is_peft(model):
+        return model
+    merged = copy.deepcopy(model).merge_and_unload()
+    for p in merged.parameters():
+        p.requires_grad_(True)
+    return merged

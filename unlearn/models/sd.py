@@ -29,8 +29,7 @@ MANIFEST = "unlearned.json"
 
 def load_pipeline(path: str, local_files_only: Optional[bool] = None) -> StableDiffusionPipeline:
     """The pipeline at `path` (ConfigError naming the path if it cannot be loaded)."""
-    if local_files_only is None:
-        local_files_only = Path(path).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    local_files_only = _local_only(path, local_files_only)
     try:
         return StableDiffusionPipeline.from_pretrained(path, local_files_only=bool(local_files_only),
                                                        safety_checker=None, requires_safety_checker=False)
@@ -39,8 +38,28 @@ def load_pipeline(path: str, local_files_only: Optional[bool] = None) -> StableD
                           f"(local_files_only={local_files_only}): {exc}") from None
 
 
+def _local_only(path: str, local_files_only: Optional[bool]) -> bool:
+    if local_files_only is None:
+        return Path(path).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    return bool(local_files_only)
+
+
 class StableDiffusion(TextConditionedDiffusion):
     knobs = {"image_size": Range(8, integer=True), "cond_dropout": Range(0, 1, high_open=True)}
+
+    @classmethod
+    def check_source(cls, model_config: dict) -> None:
+        """ConfigError before anything trains (a judge, the original) unless model.path holds a pipeline: its
+        model_index.json is read (from disk, or the hub where allowed), not its weights."""
+        path = model_config.get("path")
+        if not path:
+            raise ConfigError("model=sd_pretrained needs model.path=<a saved StableDiffusionPipeline dir or hub id>")
+        local = _local_only(str(path), model_config.get("local_files_only"))
+        try:
+            StableDiffusionPipeline.load_config(str(path), local_files_only=local)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"model.path={path!r} is not a StableDiffusionPipeline folder or hub id "
+                              f"(local_files_only={local}): {exc}") from None
 
     def __init__(self, path: Optional[str] = None, local_files_only: Optional[bool] = None, image_size: int = 512,
                  cond_dropout: float = 0.1):

@@ -15,6 +15,7 @@ from unlearn.data.facts import IGNORE, WORLD_GROUP, load_tokenizer
 from unlearn.data.tensordata import Batch, TensorData
 from unlearn.errors import ConfigError
 from unlearn.knobs import COUNT, Range
+from unlearn.models.lora import deployed
 from unlearn.eval.llm import (answer_probability, exact_memorization, extraction_strength, ks_forget_quality, mia_auc,
                               min_k_plus_plus_tokens, min_k_scores, model_utility, normalised_probability, privleak,
                               rouge_l_recall, truth_preference, truth_ratio_forget, truth_ratios, zlib_scores)
@@ -112,7 +113,8 @@ class LanguageModelTask(Task):
     - membership (forget vs the holdout authors, AUC: original ≈ 1, retrain ≈ 0.5, over-unlearned → 0): LOSS,
       zlib, Min-K% (k = `min_k`), Min-K%++ and GradNorm.
     `compare_to_oracle` adds TOFU's forget quality (KS p-value of R against the oracle's R), the reference
-    attack against the oracle (L̄_θ − L̄_oracle) and MUSE's privleak on Min-K%. The raw per-item R of every
+    attack against the oracle (L̄_θ − L̄_oracle) and MUSE's privleak on Min-K% (MUSE's sign: negative =
+    under-unlearned, see `unlearn.eval.llm.privleak`). The raw per-item R of every
     model of a run go to `truth_ratios.json` in the run dir.
 
     Avg. Gap averages the gaps of the six `gap_metrics`: each lies on [0, 1], and together they cover
@@ -172,9 +174,10 @@ class LanguageModelTask(Task):
         return truth_ratios(self.nll(model, data, PARAPHRASE, runtime), self.nll(model, data, PERTURBED, runtime))
 
     def generate_answers(self, model: nn.Module, data: TensorData, runtime: Runtime,
-                         max_new_tokens: int | None = None) -> list[str]:
-        """Greedy answers to the questions, in batches, each batch bounded by its longest true answer and by
-        `max_new_tokens` (default: the task's)."""
+                         max_new_tokens: int | None = None, bounded: bool = True) -> list[str]:
+        """Greedy answers to the questions, in batches, each stopping at eos or after `max_new_tokens` (default:
+        the task's). `bounded`: also stop a batch at its longest true answer (TOFU's answers need no more); MUSE
+        generates `max_new_tokens` whatever the reference's length (`bounded=False`)."""
         tok, answers = self.tokenizer, []
         cap = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         with evaluating(model):
@@ -182,7 +185,7 @@ class LanguageModelTask(Task):
                 mask = batch["prompt_mask"]
                 start = int((mask.sum(0) > 0).nonzero()[0])  # prompts are left-padded: drop all-padding columns
                 prompt, mask = batch["prompt_ids"][:, start:], mask[:, start:]
-                budget = min(int((batch["labels"] != IGNORE).sum(1).max()), cap)
+                budget = min(int((batch["labels"] != IGNORE).sum(1).max()), cap) if bounded else cap
                 with runtime.autocast():
                     out = model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=budget,
                                          do_sample=False, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
@@ -190,9 +193,11 @@ class LanguageModelTask(Task):
                     answers.append(tok.decode(row[: row.index(tok.eos_id)] if tok.eos_id in row else row))
         return answers
 
-    def true_answers(self, data: TensorData) -> list[str]:
-        return [self.tokenizer.decode([t for t in row if t != IGNORE and t != self.tokenizer.eos_id])
-                for row in data["labels"].tolist()]
+    def true_answers(self, data: TensorData, max_tokens: int | None = None) -> list[str]:
+        """The reference answer of every example, decoded from its labels (eos dropped); cut to its first
+        `max_tokens` tokens when given (MUSE's VerbMem reference)."""
+        rows = [[t for t in row if t != IGNORE and t != self.tokenizer.eos_id] for row in data["labels"].tolist()]
+        return [self.tokenizer.decode(row if max_tokens is None else row[:max_tokens]) for row in rows]
 
     def rouge(self, model: nn.Module, data: TensorData, runtime: Runtime) -> float:
         scores = rouge_l_recall(self.generate_answers(model, data, runtime), self.true_answers(data))
@@ -219,18 +224,26 @@ class LanguageModelTask(Task):
         return {name: torch.cat(chunks).numpy() for name, chunks in out.items()}
 
     def gradient_norms(self, model: nn.Module, data: TensorData, runtime: Runtime) -> np.ndarray:
-        """‖∇θ L̄_θ(x, y)‖₂ of every example's mean answer NLL (the GradNorm attack's score), in eval mode."""
-        params = [p for p in model.parameters() if p.requires_grad]
+        """‖∇θ L̄_θ(x, y)‖₂ of every example's mean answer NLL over **every** weight of the deployed model (the
+        GradNorm attack's score), in eval mode. A LoRA model is merged first (`deployed`) and frozen weights count
+        too, so the score is a function of the model, not of which weights a method happened to train."""
+        model = deployed(model)
+        params = list(model.parameters())
+        flags = [p.requires_grad for p in params]
         was_training = model.training
         model.eval()
         norms = []
         try:
+            for p in params:
+                p.requires_grad_(True)
             for batch in data.batches(1):
                 with runtime.autocast():
                     loss = self.loss(model, batch).sum()
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 norms.append(float(torch.sqrt(sum(g.float().square().sum() for g in grads if g is not None))))
         finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
             model.train(was_training)
         return np.array(norms, dtype=np.float64)
 
