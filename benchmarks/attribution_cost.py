@@ -36,10 +36,10 @@ def main() -> None:
     data, _ = experiment.data()
     device = experiment.runtime.device
     attributor = experiment.attributor
-    originals = [experiment.model_from_state(experiment._original(seed, None)[0])
+    originals = [experiment.models.model_from_state(experiment.models.original(seed, None)[0])
                  for seed in experiment.member_seeds(attributor.models)]
     experiment.prepare()  # the run's forget set (and its oracle), from the cache after a first run
-    forget = experiment._forget[0].indices
+    forget = experiment.request.forget.indices
     n_params = sum(p.numel() for p in originals[0].parameters() if p.requires_grad)
     n_train = len(data.train)
 

@@ -36,7 +36,7 @@ def reference_klom(overrides: list[str]) -> dict[str, dict[str, float]]:
     for seed, independent_seed in zip(population, experiment.member_seeds(experiment.n_models, "reference")):
         art = first if seed == experiment.seed else experiment.prepare(model_seed=seed)
         # With pruning, member k's oracle keeps original k's masks; its independent twin does too.
-        twin = experiment.model_from_state(experiment._oracle(independent_seed, masks_of(art.original) or None)[0])
+        twin = experiment.models.model_from_state(experiment.models.oracle(independent_seed, masks_of(art.original) or None)[0])
         for role, model in (("original", art.original), ("oracle", art.oracle), ("independent", twin)):
             stats[role].append(experiment.task.example_statistics(model, splits, experiment.runtime))
     stacked = {role: {s: np.stack([m[s] for m in members]) for s in SPLITS} for role, members in stats.items()}

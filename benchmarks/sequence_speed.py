@@ -52,7 +52,7 @@ def sisa_request_cost(shards: int = 4, slices: int = 4, requests: int = 3) -> No
         exp = Experiment(cfg, Cache(tmp))
         data, _ = exp.data()
         start = time.perf_counter()
-        ensemble, *_ = exp.original_model(exp.seed)
+        ensemble, *_ = exp.models.original_model(exp.seed)
         full = time.perf_counter() - start
         rng = np.random.default_rng(0)
         print(f"SISA on digits ({len(data.train)} training examples), {shards} shards x {slices} slices:")

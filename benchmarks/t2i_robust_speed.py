@@ -44,7 +44,7 @@ def attack_and_method(overrides: list[str]) -> None:
     art = experiment.prepare()
     splits = experiment.splits()
     print(f"  (original and oracle ready in {time.perf_counter() - start:.1f} s: cached or trained now)")
-    unlearned, _, seconds = experiment.unlearn(art, splits)
+    unlearned, _, seconds = experiment.stage.unlearn(art, splits)
     ctx = AttackContext(experiment.task, splits.forget, splits.retain, experiment.runtime,
                         torch.Generator().manual_seed(0), original=art.original, eval_seed=0)
     attack = experiment.attack
@@ -59,7 +59,7 @@ def attack_and_method(overrides: list[str]) -> None:
 
     method_cfg = compose_config(*overrides, "method=advunlearn", cache)
     experiment.method = build(method_cfg.method)
-    _, status, seconds = experiment.unlearn(art, splits)
+    _, status, seconds = experiment.stage.unlearn(art, splits)
     print(f"  advunlearn (method.epochs={method_cfg.method.epochs}, attack_steps={method_cfg.method.attack_steps}) "
           f"on the cached original: RTE {seconds:.1f} s ({status})")
 

@@ -70,8 +70,8 @@ def main() -> None:
     cfg = compose_config("forget=worst_case", "method=ft", "threads=1", *overrides)
     experiment = Experiment(cfg)
     data, _ = experiment.data()
-    payload, key, _ = experiment._original(experiment.seed, None)  # trained (or loaded) before any clock starts
-    reference = Reference(experiment.task, experiment.model_from_state(payload), key, experiment.runtime)
+    payload, key, _ = experiment.models.original(experiment.seed, None)  # trained (or loaded) before any clock starts
+    reference = Reference(experiment.task, experiment.models.model_from_state(payload), key, experiment.runtime)
     after = experiment.builder
     with tempfile.TemporaryDirectory() as tmp:
         old = old_module(tmp)

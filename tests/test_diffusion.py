@@ -205,7 +205,7 @@ def test_shared_methods_unlearn_the_diffusion_model(method, run_experiment, shar
     assert (Path(row["run_dir"]) / "generations.png").stat().st_size > 5_000  # original / oracle / method rows
     original_metrics = row["reference"]["original"]
     experiment, original, forget = original_and_forget(overrides, shared_cache)
-    unlearned = experiment.model_from_state(torch.load(Path(row["run_dir"]) / "model.pt"))
+    unlearned = experiment.models.model_from_state(torch.load(Path(row["run_dir"]) / "model.pt"))
     changed = [not torch.equal(a, b) for a, b in zip(unlearned.state_dict().values(), original.state_dict().values())]
     assert any(changed)
     if method in ("ga", "graddiff"):

@@ -103,9 +103,9 @@ def test_attribution_predicts_retrained_outputs_on_forget_better_than_the_origin
     experiment = Experiment(compose_config(*TINY, "forget=class", *SMALL_ATTRIBUTION, f"cache_dir={shared_cache}"))
     art = experiment.prepare()
     x = experiment.splits().forget["x"]
-    attribution = experiment.attribution()
-    change = attribution.predicted_change(x, attribution.removal_directions(experiment._forget[0].indices))
-    retrained = torch.stack([predict_logits(m, x) for m in experiment.matching_oracles(2, None)]).mean(0)
+    attribution = experiment.stage.attribution()
+    change = attribution.predicted_change(x, attribution.removal_directions(experiment.request.forget.indices))
+    retrained = torch.stack([predict_logits(m, x) for m in experiment.stage.matching_oracles(2, None)]).mean(0)
     original = predict_logits(art.original, x)
     before = (original - retrained).pow(2).mean()
     after = (original - change - retrained).pow(2).mean()   # the default multiplier, 1
@@ -121,7 +121,7 @@ def test_matching_methods_move_theta_toward_their_targets(method, run_experiment
     experiment = Experiment(compose_config(*TINY, *overrides, f"cache_dir={shared_cache}"))
     art = experiment.prepare()
     forget = experiment.splits().forget["x"]
-    unlearned = experiment.new_model(0, "load")
+    unlearned = experiment.models.new_model(0, "load")
     unlearned.load_state_dict(torch.load(Path(row["run_dir"]) / "model.pt")["state_dict"])
     ctx_targets = experiment.method.targets(_Ctx(experiment, art), forget)
     before = (predict_logits(art.original, forget) - ctx_targets).pow(2).mean()
@@ -135,9 +135,9 @@ class _Ctx:
     def __init__(self, experiment: Experiment, art):
         self.task, self.runtime = experiment.task, experiment.runtime
         self.original = art.original
-        self.forget_indices = experiment._forget[0].indices
-        self.attribution = experiment.attribution
-        self.oracles = lambda n: experiment.matching_oracles(n, None)
+        self.forget_indices = experiment.request.forget.indices
+        self.attribution = experiment.stage.attribution
+        self.oracles = lambda n: experiment.stage.matching_oracles(n, None)
 
 
 def test_matching_oracles_are_not_the_evaluation_oracles(shared_cache):
@@ -156,11 +156,11 @@ def test_dm_direct_is_the_prediction_and_gets_population_metrics(run_experiment,
                                            *SMALL_ATTRIBUTION, f"cache_dir={shared_cache}"))
     art = experiment.prepare()
     splits = experiment.splits()
-    attribution = experiment.attribution()
+    attribution = experiment.stage.attribution()
     x = splits.forget["x"]
     expected = predict_logits(art.original, x) - 10.0 * attribution.predicted_change(
-        x, attribution.removal_directions(experiment._forget[0].indices))
-    unlearned, status, _ = experiment.unlearn(art, splits)
+        x, attribution.removal_directions(experiment.request.forget.indices))
+    unlearned, status, _ = experiment.stage.unlearn(art, splits)
     assert status == "ok" and torch.allclose(predict_logits(unlearned, x), expected, atol=1e-5)
 
 

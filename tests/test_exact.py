@@ -34,8 +34,8 @@ def test_stage_epochs_every_stage_trains():
 
 def test_sisa_retrains_only_touched_shards_and_is_exact(shared_cache, tmp_path):
     exp = experiment(shared_cache)
-    original, *_ = exp.original_model(exp.seed)
-    plan = exp.method._plan(exp.original_trainer(exp.seed))
+    original, *_ = exp.models.original_model(exp.seed)
+    plan = exp.method._plan(exp.models.original_trainer(exp.seed))
     forget = plan[1][1][:5]  # five points of shard 2's last slice
     unlearned, figures = apply_request(exp, original, forget)
     assert figures["shards_retrained"] == 1 and figures["stages_retrained"] == 1
@@ -45,7 +45,7 @@ def test_sisa_retrains_only_touched_shards_and_is_exact(shared_cache, tmp_path):
     assert any(not torch.equal(v, unlearned.shards[1].state_dict()[k]) for k, v in original.shards[1].state_dict().items())
     # Exact: the same ensemble as training SISA from scratch on D \ F (a fresh cache trains every stage).
     scratch = experiment(tmp_path / "fresh")
-    rebuilt, _ = scratch.method._build(scratch.original_trainer(scratch.seed), np.sort(forget), None)
+    rebuilt, _ = scratch.method._build(scratch.models.original_trainer(scratch.seed), np.sort(forget), None)
     for mine, theirs in zip(unlearned.shards, rebuilt.shards):
         for name, value in mine.state_dict().items():
             assert torch.equal(value, theirs.state_dict()[name])
@@ -55,13 +55,13 @@ def test_sisa_forget_loss_at_retrain_level(shared_cache):
     """A check with seeds of its own: the unlearned ensemble's loss on F sits within the spread of SISA
     retrained from scratch without F (three other model seeds); the original's (which trained on F) does not."""
     exp = experiment(shared_cache, "seed=3")
-    original, *_ = exp.original_model(exp.seed)
+    original, *_ = exp.models.original_model(exp.seed)
     forget = np.random.default_rng(0).choice(len(exp.data()[0].train), 40, replace=False)
     unlearned, _ = apply_request(exp, original, forget)
     retrained = []
     for seed in (4, 5, 6):
         other = experiment(shared_cache, f"seed={seed}")
-        model, _ = other.method._build(other.original_trainer(seed), np.sort(forget), None)
+        model, _ = other.method._build(other.models.original_trainer(seed), np.sort(forget), None)
         retrained.append(forget_loss(other, model, forget))
     # On a log scale: a forget loss's seed-to-seed spread is multiplicative.
     low, high = np.log(min(retrained)), np.log(max(retrained))
@@ -76,5 +76,5 @@ def test_sisa_forget_loss_at_retrain_level(shared_cache):
 def test_sisa_bad_input_refused_before_training(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         exp = experiment(tmp_path, *overrides)
-        exp.original_model(exp.seed)
+        exp.models.original_model(exp.seed)
     assert not list(tmp_path.glob("sisa-stage-*"))

@@ -39,8 +39,8 @@ def test_deletion_prior_refused_unless_one_weight_per_slice(prior, tmp_path):
 @pytest.mark.parametrize("retrain", ["on_empty", "never"])
 def test_deactivation_then_retrain_when_empty(retrain, shared_cache):
     exp = Experiment(compose_config(*TINY, *S3T, f"cache_dir={shared_cache}", f"method.retrain={retrain}"))
-    original, *_ = exp.original_model(exp.seed)
-    plan = exp.method._plan(exp.original_trainer(exp.seed))
+    original, *_ = exp.models.original_model(exp.seed)
+    plan = exp.method._plan(exp.models.original_trainer(exp.seed))
     x = exp.data()[0].test["x"][:50]
     # Orders of 2 slices: (0, 1) and (1, 0). A deletion in shard 0's slice 0 leaves order (1, 0) a prefix of 1.
     first, figures = apply_request(exp, original, plan[0][0][:3])
@@ -50,7 +50,7 @@ def test_deactivation_then_retrain_when_empty(retrain, shared_cache):
     served = first.shards[0]
     stage = exp.method._stages[first.state["shards"][0]["keys"][1][0]]
     assert all(torch.equal(p.cpu(), stage[n]) for n, p in served.named_parameters() if n in stage)
-    _, groups = exp.method._lora_model(exp.original_trainer(exp.seed))
+    _, groups = exp.method._lora_model(exp.models.original_trainer(exp.seed))
     later = [p for p in exp.method._group_params(served, groups[1]) if p.dim() == 2 and p.shape[1] == exp.method.rank]
     assert later and not any(p.any() for p in later)  # the deactivated group's B matrices are zero
     assert not torch.allclose(first(x), original(x))
@@ -66,4 +66,4 @@ def test_deactivation_then_retrain_when_empty(retrain, shared_cache):
 def test_s3t_needs_enough_blocks(tmp_path):
     exp = Experiment(compose_config(*TINY, *S3T, f"cache_dir={tmp_path}", "method.slices=3"))
     with pytest.raises(ConfigError, match="at least 3 blocks"):
-        exp.original_model(exp.seed)
+        exp.models.original_model(exp.seed)

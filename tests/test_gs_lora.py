@@ -20,7 +20,7 @@ VIT = ["model=vit_tiny", "model.hidden_size=32", "model.mlp_size=64", "model.lay
 
 def unlearn_class(cache, *overrides, forget_class: int = 3):
     exp = Experiment(compose_config(*TINY, *VIT, f"cache_dir={cache}", "method=gs_lora", "method.epochs=30", *overrides))
-    original, *_ = exp.original_model(exp.seed)
+    original, *_ = exp.models.original_model(exp.seed)
     data, _ = exp.data()
     labels = data.train["y"].cpu().numpy()
     forget = np.flatnonzero(labels == forget_class)
@@ -54,7 +54,7 @@ def test_group_lasso_leaves_blocks_untouched(shared_cache):
 def test_lora_methods_refuse_models_without_transformer_blocks(method, tmp_path):
     exp = Experiment(compose_config(*TINY, f"cache_dir={tmp_path}", f"method={method}"))
     with pytest.raises(ConfigError, match="model=vit_tiny"):
-        exp.original_model(exp.seed)
+        exp.models.original_model(exp.seed)
     assert not list(tmp_path.glob("original-*"))
 
 

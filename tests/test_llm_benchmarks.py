@@ -419,13 +419,13 @@ def test_relearning_attacks_the_merged_model_not_the_adapters(files, tmp_path):
     exp = Experiment(cfg)
     art = exp.prepare()
     splits = exp.splits()
-    unlearned, status, _ = exp.unlearn(art, splits)
+    unlearned, status, _ = exp.stage.unlearn(art, splits)
     assert status == "ok" and hasattr(unlearned, "peft_config")
     names = ["forget_prob", "retain_prob"]
-    as_peft = exp.attacked(unlearned, None, art, splits, names)
-    unwrapped = exp.attacked(copy.deepcopy(unlearned).merge_and_unload().requires_grad_(True), None, art, splits, names)
+    as_peft = exp.evaluator.attacked(unlearned, None, art, splits, names)
+    unwrapped = exp.evaluator.attacked(copy.deepcopy(unlearned).merge_and_unload().requires_grad_(True), None, art, splits, names)
     assert as_peft["relearn.forget_prob"] == pytest.approx(unwrapped["relearn.forget_prob"], rel=1e-4)
-    assert as_peft["relearn.forget_prob"] > exp.evaluate(unlearned, art.oracle, splits)["forget_prob"]
+    assert as_peft["relearn.forget_prob"] > exp.evaluator.evaluate(unlearned, art.oracle, splits)["forget_prob"]
 
 
 def test_a_lora_stream_keeps_one_adapter_that_loads_onto_the_original(tmp_path, shared_cache):
@@ -448,18 +448,17 @@ def test_a_lora_stream_keeps_one_adapter_that_loads_onto_the_original(tmp_path, 
     rows = load_rows(table)
     adapter = json_of(tmp_path / "run" / "model" / "adapter_config.json")
     assert "lm_head" not in str(adapter["target_modules"])
-    original = exp.original_model(exp.seed)[0]
+    original = exp.models.original_model(exp.seed)[0]
     loaded = PeftModel.from_pretrained(original, tmp_path / "run" / "model")
     assert not any("base_layer.lora" in n or ".base_layer.base_layer" in n for n, _ in loaded.named_parameters())
-    exp.set_forget(*exp._forget)  # the last step's request and retained set
     last = rows[-1]
-    splits = exp.splits()
+    from unlearn.pipeline.store import seed_stage
     from unlearn.scenarios.sequence import Sequence
 
     data = exp.data()[0]
     request = Sequence(steps=2).requests(exp)[-1]
-    splits = Sequence._splits(data, request, exp._forget[0])
-    exp.seed_stage(exp.seed, "evaluate")
+    splits = Sequence._splits(data, request, exp.request.forget)
+    seed_stage(exp.seed, "evaluate")
     metrics = exp.task.evaluate(loaded, splits, exp.runtime, int(cfg.eval.seed))
     assert metrics["forget_prob"] == pytest.approx(last["metrics"]["forget_prob"], rel=1e-4)
 

@@ -24,7 +24,7 @@ METHOD_RUNS = {
 
 
 def forget_loss(exp: Experiment, state_dict: dict, forget_x, forget_y) -> float:
-    model = exp.new_model(exp.seed, "check")
+    model = exp.models.new_model(exp.seed, "check")
     model.load_state_dict(state_dict)
     model.eval()
     with torch.no_grad():
@@ -220,9 +220,9 @@ def test_original_trains_beside_the_oracle_and_is_the_one_thread_model(tmp_path)
 
 
 def test_a_failed_second_process_trains_the_original_here(tmp_path, monkeypatch, caplog):
-    import unlearn.pipeline
+    import unlearn.pipeline.beside
 
-    monkeypatch.setattr(unlearn.pipeline, "CHILD", "import sys; sys.exit('no room here')")
+    monkeypatch.setattr(unlearn.pipeline.beside, "CHILD", "import sys; sys.exit('no room here')")
     try:
         with caplog.at_level(logging.WARNING, logger="unlearn"):
             _, failed, _ = _prepared(tmp_path, 2)
@@ -240,7 +240,7 @@ def test_a_failed_second_process_trains_the_original_here(tmp_path, monkeypatch,
 def test_the_original_trains_first_where_the_oracle_needs_it(override, reason):
     try:
         exp = Experiment(compose_config(*TINY, "threads=2", override))
-        assert exp.why_not_beside_oracle(exp.seed).startswith(reason)
+        assert exp.beside.why_not(exp.seed).startswith(reason)
     finally:
         torch.set_num_threads(1)
 
@@ -254,6 +254,6 @@ def test_a_cached_original_or_oracle_keeps_one_process(tmp_path):
     try:
         exp, _, _ = _prepared(tmp_path, 1)
         again = Experiment(compose_config(*TINY, "threads=2", f"cache_dir={tmp_path / 'cache1'}", "parallel_training=true"))
-        assert again.why_not_beside_oracle(again.seed) == "the original or the oracle is cached"
+        assert again.beside.why_not(again.seed) == "the original or the oracle is cached"
     finally:
         torch.set_num_threads(1)

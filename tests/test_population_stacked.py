@@ -95,16 +95,16 @@ def test_stacked_members_have_keys_of_their_own_shared_across_population_sizes(t
     the rounding), which a run with another N reuses; the run's own seed is never a stacked member."""
     exp = experiment(tmp_path, "eval.oracles=3")
     seeds = exp.member_seeds(3)
-    assert not exp.stacked_member(seeds[0]) and exp.stacked_member(seeds[2])
-    exp.train_members("original", seeds)
-    assert len(exp._stacked) == 2  # not the run's own
+    assert not exp.stack.member(seeds[0]) and exp.stack.member(seeds[2])
+    exp.stack.train("original", seeds)
+    assert len(exp.stack._payloads) == 2  # not the run's own
     data, _ = exp.data()
-    payload, key, cached = exp._original(seeds[2], None)
+    payload, key, cached = exp.models.original(seeds[2], None)
     assert not cached and payload["stacked"] == 2
-    assert key != content_key("original", **exp._common_key_fields(seeds[2]))
-    sequential = exp._train(seeds[2], data.train, "original", None)
+    assert key != content_key("original", **exp.models.common_key_fields(seeds[2]))
+    sequential = exp.models.train(seeds[2], data.train, "original", None)
     assert max_difference(sequential["state_dict"], payload["state_dict"]) < 1e-3
-    assert experiment(tmp_path, "eval.oracles=5")._original(seeds[2], None)[2]  # another N finds it cached
+    assert experiment(tmp_path, "eval.oracles=5").models.original(seeds[2], None)[2]  # another N finds it cached
 
 
 def test_the_runs_own_row_does_not_depend_on_the_population(tmp_path):
@@ -120,10 +120,10 @@ def test_method_population_runs_stacked_and_matches_the_sequential_method(tmp_pa
     arts = [exp.prepare(None, seed) for seed in seeds]
     splits = exp.splits()
     with caplog.at_level(logging.INFO, logger="unlearn"):
-        stacked = exp.unlearn_members(arts, splits)
+        stacked = exp.stack.unlearn(exp, arts, splits)
     assert "runs stacked" in caplog.text
     for art, member in zip(arts, stacked):
-        alone, status, _ = exp.unlearn(art, splits)
+        alone, status, _ = exp.stage.unlearn(art, splits)
         assert status == "ok" and max_difference(alone.state_dict(), member.state_dict()) < TOL
         assert max_difference(art.original.state_dict(), member.state_dict()) > 1e-3  # GA really moved it
 
@@ -132,14 +132,14 @@ def test_methods_that_cannot_be_stacked_fall_back_and_say_so(tmp_path, caplog):
     exp = experiment(tmp_path, "method=rl")  # random labels are drawn from the member's generator inside the objective
     arts = [exp.prepare(None, seed) for seed in exp.member_seeds(2)]
     with caplog.at_level(logging.INFO, logger="unlearn"):
-        assert exp.unlearn_members(arts, exp.splits()) is None
+        assert exp.stack.unlearn(exp, arts, exp.splits()) is None
     assert "not stacked" in caplog.text and "stackable_objective" in caplog.text
 
 
 def test_stacking_can_be_switched_off(tmp_path):
     exp = experiment(tmp_path, "eval.oracles=3", "eval.stacked=false")
-    assert exp.why_not_stacked() == "eval.stacked=false" and not exp.stacked_member(exp.member_seeds(3)[1])
+    assert exp.stack.why_not() == "eval.stacked=false" and not exp.stack.member(exp.member_seeds(3)[1])
     auto = experiment(tmp_path, "eval.oracles=3", "eval.stacked=auto")  # on CPU, where stacking measured slower
-    assert "GPU only" in auto.why_not_stacked() and not auto.stacked_member(auto.member_seeds(3)[1])
+    assert "GPU only" in auto.stack.why_not() and not auto.stack.member(auto.member_seeds(3)[1])
     with pytest.raises(ConfigError, match="eval.stacked"):
         experiment(tmp_path, "eval.stacked=sometimes")

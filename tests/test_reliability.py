@@ -254,7 +254,9 @@ def test_names_of_weights_are_refused_before_anything_trains(overrides, message,
     def never(*args, **kwargs):
         raise AssertionError("trained before refusing")
 
-    monkeypatch.setattr(Experiment, "_train", never)
+    from unlearn.pipeline.store import ModelStore
+
+    monkeypatch.setattr(ModelStore, "train", never)
     with pytest.raises(ConfigError, match=message):
         Experiment(compose_config(*LLM_TINY, f"cache_dir={tmp_path / 'cache'}", *overrides))
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt"))

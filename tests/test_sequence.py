@@ -12,7 +12,8 @@ from unlearn.config import build, compose_config
 from unlearn.errors import ConfigError
 from unlearn.eval.continual import class_group_accuracy, h_mean
 from unlearn.pipeline import Experiment
-from unlearn.report.steps import plot_steps, steps_table
+from unlearn.report import plots
+from unlearn.report.compare import steps_table, stream_tables
 
 from conftest import TINY
 
@@ -44,7 +45,9 @@ def test_id_stream_rows_and_oracles_shared_across_methods(run_sequence, tmp_path
     assert ga[1]["reference"]["oracle"]["cum_RTE_s"] > ga[0]["reference"]["oracle"]["cum_RTE_s"]
     text = steps_table(ft + ga)
     assert re.search(r"\| retrain\s+\| 2\s+\|", text) and re.search(r"\| ga\s+\| 2\s+\|", text)
-    assert plot_steps(ft + ga, tmp_path / "steps.png").stat().st_size > 0
+    assert "| cum_RTE_s" in text and "| earlier_UA" in text and "| Avg.Gap" in text  # against each step's oracle
+    plots.steps(stream_tables(ft + ga), tmp_path / "steps.png")
+    assert (tmp_path / "steps.png").stat().st_size > 0
 
 
 def test_class_stream_continual_metrics(run_sequence):
@@ -104,6 +107,7 @@ def test_streams_vary_apart_from_the_model_and_oracle_can_be_skipped(run_sequenc
     assert all(math.isfinite(r["metrics"]["UA"]) and "kl_forget" not in r["metrics"] for r in a)
     text = steps_table(a + b)
     assert "| retrain" not in text and re.search(r"\| ft\s+\| 2\s+\| 2 ", text)  # two streams per step
+    assert "| TA " in text and "| Avg.Gap" not in text  # the task's metrics still shown without an oracle to gap them
     # Configurations of one method stay apart when the table is split by their parameters.
     other = [json.loads(json.dumps(r)) for r in a]
     for r in other:

@@ -50,7 +50,7 @@ def unlearned_and_moved(overrides: list[str], row: dict, cache) -> tuple[torch.n
     """The run's saved unlearned model and the parameters it moved from the (cached) original."""
     experiment = Experiment(compose_config(*overrides, f"cache_dir={cache}"))
     base = experiment.prepare().original
-    unlearned = experiment.model_from_state(torch.load(Path(row["run_dir"]) / "model.pt"))
+    unlearned = experiment.models.model_from_state(torch.load(Path(row["run_dir"]) / "model.pt"))
     return unlearned, changed_parameters(unlearned, base)
 
 

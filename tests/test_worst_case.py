@@ -70,7 +70,7 @@ def prepared(shared_cache):
     Returns (experiment, data, forget set, reference to the original)."""
     exp = Experiment(compose_config(*TINY, f"cache_dir={shared_cache}", "forget=worst_case", *FAST))
     art = exp.prepare()
-    forget, _, _ = exp.forget_set(art.original, art.original_key)
+    forget, _, _ = exp.request.forget_set(art.original, art.original_key)
     return exp, exp.data()[0], forget, Reference(exp.task, art.original, art.original_key, exp.runtime)
 
 

@@ -1,5 +1,6 @@
 """`python -m unlearn compare PATH [--format md|csv|latex] [--by COLUMN] [--metrics a,b] [--out FILE]
-[--plot PNG] [--html PAGE]`"""
+[--plot PNG] [--html PAGE]` and `python -m unlearn steps PATH [--metrics a,b] [--by param,param] [--format ...]
+[--out FILE] [--plot PNG]` (a deletion stream's methods × steps table and curves)."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,16 @@ def main(argv: list[str] | None = None) -> int:
                                        "(default: kl_forget, klom_forget, lira_auc, eps_score where present)")
     cmp.add_argument("--html", help="one self-contained HTML page per experiment: tables, plots, per-step curves, "
                                     "generations (NAME.html; NAME-EXPERIMENT.html when PATH holds several)")
+    steps = sub.add_parser("steps", help="a deletion stream's rows as methods × steps tables and curves")
+    steps.add_argument("path", help="a table.jsonl of scenario=sequence rows")
+    steps.add_argument("--metrics", help="comma-separated columns (default: the gap metrics and the stream's own)")
+    steps.add_argument("--by", help="method parameters that tell configurations apart, e.g. budget,orders")
+    steps.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    steps.add_argument("--out", help="write the table here as well as printing it")
+    steps.add_argument("--plot", help="per-step curves (PNG)")
     args = parser.parse_args(argv)
+    if args.command == "steps":
+        return _steps(args)
 
     from unlearn.report import html
     from unlearn.report.compare import EXTRA_METRICS, compare
@@ -33,19 +43,49 @@ def main(argv: list[str] | None = None) -> int:
     beside = source if source.is_dir() else Path(".") if glob.has_magic(args.path) else source.parent
     plot_path = Path(args.plot) if args.plot else Path(args.out).with_suffix(".png") if args.out else beside / "compare.png"
     metrics = args.metrics.split(",") if args.metrics else None
-    try:
+    pages: list = []
+
+    def make() -> str:
         frame = load(args.path)
         text = compare(frame, fmt=args.format, by=args.by, plot_path=plot_path, metrics=metrics)
-        pages = html.write(frame, Path(args.html), args.by, metrics or EXTRA_METRICS) if args.html else []
+        pages.extend(html.write(frame, Path(args.html), args.by, metrics or EXTRA_METRICS) if args.html else [])
+        return text
+
+    status = _emit(make, args.out)
+    if status == 0:
+        print(f"plot: {plot_path}", file=sys.stderr)
+        for page in pages:
+            print(f"html: {page}", file=sys.stderr)
+    return status
+
+
+def _steps(args) -> int:
+    from unlearn.report import plots
+    from unlearn.report.compare import steps_table, stream_tables
+    from unlearn.results import load_rows
+
+    metrics = args.metrics.split(",") if args.metrics else None
+    by = args.by.split(",") if args.by else ()
+
+    def make() -> str:
+        rows = [r for r in load_rows(args.path) if r.get("step") is not None]
+        if args.plot:
+            plots.steps(stream_tables(rows, metrics, by), Path(args.plot))
+        return steps_table(rows, metrics, args.format, by)
+
+    return _emit(make, args.out)
+
+
+def _emit(make, out: str | None) -> int:
+    """Print what `make()` returns (and write it to `out`); a harness error is one line on stderr, exit 2."""
+    try:
+        text = make()
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(text, end="")
-    if args.out:
-        Path(args.out).write_text(text)
-    print(f"plot: {plot_path}", file=sys.stderr)
-    for page in pages:
-        print(f"html: {page}", file=sys.stderr)
+    if out:
+        Path(out).write_text(text)
     return 0
 
 

@@ -3,6 +3,7 @@
     >>> from unlearn import results
     >>> df = results.load("outputs/default/table.jsonl")        # or a run dir, a folder, "results/*.jsonl"
     >>> df.groupby("method")[["UA", "TA", "avg_gap"]].mean()
+    >>> results.from_rows(rows)                                  # the same, from row dicts in hand
 
 `load` reads run dirs (their result.json), experiment tables (table.jsonl) and committed results/*.jsonl alike,
 and returns one DataFrame row per result row: one per run, or one per step of a deletion sequence. Columns,
@@ -113,7 +114,12 @@ def load(source: str | Path) -> pd.DataFrame:
     """One DataFrame row per result row under `source`: a result.json, a .jsonl table, a folder of either, or a
     glob such as "results/*.jsonl" or "outputs/**/table.jsonl". The columns are listed in this module's
     docstring. Raises UnlearnError when nothing is there."""
-    rows = load_rows(source)
+    return from_rows(load_rows(source))
+
+
+def from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """`load`'s DataFrame of result rows already in hand (e.g. the rows a deletion stream just made)."""
+    rows = list(rows)
     metrics = list(dict.fromkeys(m for row in rows for m in row.get("metrics", {})))
     records = [_flat(row) for row in rows]
     frame = pd.DataFrame(records).assign(step=None) if all("step" not in r for r in records) else pd.DataFrame(records)

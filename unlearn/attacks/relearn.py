@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from unlearn.attacks.base import Attack, AttackContext
-from unlearn.errors import ConfigError
 from unlearn.knobs import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, OneOf, Range
 from unlearn.training import OPTIMIZERS, OptimConfig, Streams, optimise
 
@@ -29,12 +28,6 @@ class Relearn(Attack):
 
     def __init__(self, steps: int = 10, fraction: float = 0.5, data: str = "forget", lr: float = 1e-3,
                  batch_size: int = 16, optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 0.0):
-        if int(steps) != steps or steps < 1:
-            raise ConfigError(f"attack.steps must be an integer >= 1, got {steps}")
-        if not 0 < float(fraction) <= 1:
-            raise ConfigError(f"attack.fraction must lie in (0, 1], got {fraction}")
-        if data not in SOURCES:
-            raise ConfigError(f"attack.data={data!r} is not one of {SOURCES}")
         self.steps, self.fraction, self.data = int(steps), float(fraction), data
         self.lr, self.batch_size, self.optimizer = float(lr), int(batch_size), optimizer
         self.momentum, self.weight_decay = float(momentum), float(weight_decay)

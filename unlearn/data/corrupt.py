@@ -39,6 +39,7 @@ class CorruptFacts(ForgetBuilder):
     """Forget the corrupting documents added to the facts (RESTOR); its metrics are on the affected facts."""
 
     name = "corrupt"
+    adds_data = True  # F is documents added to D, not a subset of it (a stream cannot draw such requests)
     knobs = {"fraction": Range(0, 1, low_open=True), "docs_per_fact": COUNT, "mix": Range(0, 1, high_open=True)}
 
     def gap_metrics(self, task_gap_metrics: tuple[str, ...]) -> tuple[str, ...]:

@@ -7,29 +7,36 @@ whole groups, so forgetting an author removes every fact about them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
-from unlearn.data.tensordata import DataBundle
+from unlearn.data.tensordata import Batch, DataBundle
 from unlearn.errors import ConfigError
 from unlearn.knobs import Range
+from unlearn.runtime import Runtime
 
-if TYPE_CHECKING:
-    from torch import nn
 
-    from unlearn.runtime import Runtime
-    from unlearn.tasks.base import Task
+class TaskLike(Protocol):
+    """What builders see of the run's task (an `unlearn.tasks.base.Task`; typed structurally so that this
+    module, which the tasks import, imports no task). A builder that needs more of its task, e.g. an LLM
+    task's answers, narrows the type in its own module."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+    def augment(self, batch: Batch, generator: torch.Generator) -> Batch: ...
 
 
 @dataclass
 class Reference:
     """The trained original, for builders that choose F by how the model treats each example."""
 
-    task: "Task"
-    model: "nn.Module"
+    task: TaskLike
+    model: nn.Module
     model_key: str          # cache key of the original: part of such a builder's own cache key
-    runtime: "Runtime"
+    runtime: Runtime
 
 
 @dataclass
@@ -65,8 +72,8 @@ class ForgetBuilder:
         """The data the original is trained on: `data` itself, unless the request adds examples to train."""
         return data
 
-    def evaluate(self, task: "Task", model: "nn.Module", data: DataBundle, forget: ForgetSet,
-                 runtime: "Runtime") -> dict[str, float]:
+    def evaluate(self, task: TaskLike, model: nn.Module, data: DataBundle, forget: ForgetSet,
+                 runtime: Runtime) -> dict[str, float]:
         """Metrics of this kind of request on one model, beside the task's own (none by default)."""
         return {}
 

@@ -155,11 +155,7 @@ class GradientMethod(Method):
     def __init__(self, lr: float, epochs: int, batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.9,
                  weight_decay: float = 5e-4, schedule: str = "constant", stream: str = "forget",
                  mask: str | None = None, mask_ratio: float = 0.5, mask_mu: float = 1e-6):
-        mask = self.default_mask if mask is None else mask
-        if mask not in MASKS:
-            raise ConfigError(f"method.mask={mask!r} is not one of {', '.join(MASKS)}")
-        if not 0 < mask_ratio <= 1 or not mask_mu > 0:
-            raise ConfigError(f"need method.mask_ratio in (0, 1] and method.mask_mu > 0; got {mask_ratio}, {mask_mu}")
+        mask = self.default_mask if mask is None else mask  # the ranges of these are declared in `knobs` above
         self.mask, self.mask_ratio, self.mask_mu = mask, float(mask_ratio), float(mask_mu)
         if mask != self.default_mask:
             self.name = f"{type(self).name}+{mask}"

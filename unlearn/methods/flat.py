@@ -68,10 +68,6 @@ class FLAT(GradientMethod):
     knobs = {"divergence": OneOf(DIVERGENCES), "average": OneOf(AVERAGES)}
 
     def __init__(self, divergence: str = "tv", average: str = "answer", **optim):
-        if divergence not in DIVERGENCES:
-            raise ConfigError(f"method.divergence={divergence!r} is not one of {', '.join(DIVERGENCES)}")
-        if average not in AVERAGES:
-            raise ConfigError(f"method.average={average!r} is not one of {', '.join(AVERAGES)}")
         super().__init__(**optim)
         self.divergence, self.average = divergence, average
         self.name = self.name.replace("flat", f"flat-{divergence}", 1)

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from unlearn.data.tensordata import TensorData
-from unlearn.errors import ConfigError
 from unlearn.methods.base import GradientMethod, UnlearnContext, concat_batches
 from unlearn.training import Streams, optimise
 from unlearn.knobs import NON_NEGATIVE
@@ -26,8 +25,6 @@ class OutputMatching(GradientMethod):
 
     def __init__(self, retain_per_forget: float = 3.0, **optim):
         super().__init__(**optim)
-        if not float(retain_per_forget) >= 0:
-            raise ConfigError(f"method.retain_per_forget must be >= 0, got {retain_per_forget}")
         self.retain_per_forget = float(retain_per_forget)
 
     def targets(self, ctx: UnlearnContext, x: torch.Tensor) -> torch.Tensor:

@@ -94,12 +94,6 @@ class S3T(Method):
                  retrain: str = "on_empty", rank: int = 8, lora_alpha: float = 8.0, lr: float = 2e-3,
                  epochs: int = 15, batch_size: int = 32, backbone_data: Callable[[], TensorData] | None = None,
                  deletion_prior: Sequence[float] | None = None):
-        for name, value in (("shards", shards), ("slices", slices), ("budget", budget), ("epochs", epochs)):
-            if int(value) != value or value < 1:
-                raise ConfigError(f"s3t needs method.{name} >= 1, got {value}")
-        if orders not in ORDERS or retrain not in RETRAIN:
-            raise ConfigError(f"method.orders must be one of {ORDERS} and method.retrain one of {RETRAIN}; "
-                              f"got {orders!r}, {retrain!r}")
         if orders == "cyclic" and budget > slices:
             raise ConfigError(f"method.budget={budget} cyclic orders of {slices} slices: at most {slices} are distinct")
         self.shards, self.slices, self.budget, self.orders, self.retrain = int(shards), int(slices), int(budget), orders, retrain

@@ -39,9 +39,8 @@ class SCRUB(Method):
     def __init__(self, lr: float, epochs: int, max_epochs: int, temperature: float = 4.0, ce_weight: float = 0.99,
                  kl_weight: float = 0.001, batch_size: int = 64, forget_batch_size: int = 16, optimizer: str = "sgd",
                  momentum: float = 0.9, weight_decay: float = 5e-4):
-        if not 0 <= max_epochs <= epochs or temperature <= 0:
-            raise ConfigError(f"scrub needs 0 <= max_epochs <= epochs and temperature > 0; got "
-                              f"max_epochs={max_epochs}, epochs={epochs}, temperature={temperature}")
+        if max_epochs > epochs:  # each knob's own range is declared in `knobs`
+            raise ConfigError(f"scrub needs max_epochs <= epochs; got max_epochs={max_epochs}, epochs={epochs}")
         self.lr, self.epochs, self.max_epochs = float(lr), int(epochs), int(max_epochs)
         self.temperature, self.ce_weight, self.kl_weight = float(temperature), float(ce_weight), float(kl_weight)
         self.batch_size, self.forget_batch_size = int(batch_size), int(forget_batch_size)

@@ -78,10 +78,6 @@ class Sisa(Method):
              "epochs": Range(1, integer=True, optional=True)}
 
     def __init__(self, shards: int = 4, slices: int = 4, aggregate: str = "vote", epochs: int | None = None):
-        if int(shards) != shards or shards < 1 or int(slices) != slices or slices < 1:
-            raise ConfigError(f"sisa needs method.shards >= 1 and method.slices >= 1, got {shards} and {slices}")
-        if aggregate not in AGGREGATES:
-            raise ConfigError(f"method.aggregate={aggregate!r} is not one of {', '.join(AGGREGATES)}")
         self.shards, self.slices, self.aggregate = int(shards), int(slices), aggregate
         self.epochs = None if epochs is None else int(epochs)
         self._trainers: dict[int, OriginalTrainer] = {}

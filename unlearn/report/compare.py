@@ -1,6 +1,7 @@
 """Rows → the tables papers print: methods × metrics, mean ± std and a 95% t-interval over seeds, gap to
 Retrain, Avg. Gap, RTE and RTE relative to Retrain; plus a forgetting–utility plot, per-step curves for
-sequences and a one-page HTML report. Built on the DataFrame of `unlearn.results.load`.
+sequences (and `steps_table`, a stream's steps in one table) and a one-page HTML report. Built on the
+DataFrame of `unlearn.results.load`; each setting's Table comes from `unlearn.report.summary`.
 
 Rows from different settings (task, data, model, forget request, and scenario and step where rows carry them)
 are never mixed: each gets its own table. Each row is compared with its own oracle (its `reference.oracle`); a
@@ -10,138 +11,27 @@ edit here.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
-from scipy.stats import t
 
 from unlearn.errors import UnlearnError
-from unlearn.results import SETTING, load, load_rows  # noqa: F401  (load_rows: kept importable from here)
+from unlearn.report.summary import ORACLE, Table, latest_runs, summarise, title  # noqa: F401  (importable here)
+from unlearn.results import SETTING, from_rows, load, load_rows  # noqa: F401  (load_rows: kept importable from here)
 
-ORACLE = "retrain"
 #: shown beside the gap metrics when present (the rest stay in the rows and in `unlearn.results.load`)
 EXTRA_METRICS = ("forget_quality", "model_utility", "privleak", "kl_forget", "klom_forget", "lira_auc", "eps_score")
 FORMATS = ("md", "csv", "latex")
 LEGEND = ("mean ± std over runs; (gap to Retrain) after each gap metric: |mean over runs of (metric − the run's own "
           "oracle's)|; Avg.Gap with its 95% t-interval; RTE in seconds.")
-#: config fields that do not change a run's results: two rows that differ only in these are one configuration
-NOT_RESULTS = ("experiment", "results_dir", "table_path", "cache_dir", "use_cache", "save_model", "logger")
-#: row fields that, beside the config, tell runs apart (rows without a config are told apart by these alone)
-RUN_FIELDS = (*SETTING, "method", "seed", "scenario", "step", "stream_seed")
-
-
-@dataclass
-class Table:
-    """One setting's summary: one row per method (or `by` value), Retrain first.
-
-    `summary` columns: n, then <m>_mean, <m>_std, <m>_ci95, <m>_gap (|mean over rows of (m − the row's own
-    oracle's m)|: the papers' gap of means, each run paired with its own oracle; empty for metrics outside Avg. Gap)
-    per metric, avg_gap_mean, avg_gap_std, avg_gap_ci95, rte_s,
-    rte_relative, diverged; indexed by label. `collapsed`: rows dropped as reruns of a configuration."""
-    setting: dict
-    metrics: list[str]
-    gap_metrics: list[str]
-    summary: pd.DataFrame
-    commands: list[str]
-    collapsed: int = 0
-
-    @property
-    def title(self) -> str:
-        return title(self.setting)
-
-    @property
-    def note(self) -> str:
-        return (f"{self.collapsed} duplicate rows (same configuration run again) collapsed; the latest kept."
-                if self.collapsed else "")
-
-    def display(self) -> pd.DataFrame:
-        """The printed table: 'mean ± std (gap)' cells, Avg. Gap with its interval, RTE; all strings."""
-        s, two = self.summary, "{:.2f}".format
-        label = s.index.to_series()
-        out = {"method": label, "n": s["n"]}
-        for m in self.metrics:
-            out[m] = s[f"{m}_mean"].map(two) + " ± " + s[f"{m}_std"].map(two)
-            if m in self.gap_metrics:
-                out[m] += s[f"{m}_gap"].map(" ({:.2f})".format).where(label != ORACLE, "")
-        low, high = s["avg_gap_mean"] - s["avg_gap_ci95"], s["avg_gap_mean"] + s["avg_gap_ci95"]
-        out |= {"Avg.Gap": s["avg_gap_mean"].map(two) + " ± " + s["avg_gap_std"].map(two),
-                "Avg.Gap 95% CI": ("[" + low.map(two) + ", " + high.map(two) + "]").where(s["avg_gap_ci95"].notna(), ""),
-                "RTE (s)": s["rte_s"].map(two), "RTE/Retrain": s["rte_relative"].map(two), "diverged": s["diverged"]}
-        return pd.DataFrame(out).astype(str)
-
-
-def title(setting: dict) -> str:
-    s = setting
-    extra = "".join(f" · {k}={s[k]}" for k in s if k not in SETTING and not pd.isna(s[k]))
-    return f"{s['task']} · data={s['data']} · model={s['model']} · forget={s['forget']}{extra}"
-
-
-def _run_config(config) -> str:
-    """The config as canonical JSON, less the fields in NOT_RESULTS."""
-    kept = {k: v for k, v in config.items() if k not in NOT_RESULTS} if isinstance(config, dict) else {}
-    return json.dumps(kept, sort_keys=True, default=str)
-
-
-def latest_runs(members: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """`members` with each configuration once (RUN_FIELDS, method_params and the config less NOT_RESULTS all
-    equal: a relaunched sweep, a rerun seed), the latest run kept: by `time` where rows have one (a row without
-    one counts as older), else by order; and how many rows were dropped."""
-    columns = [c for c in members if c in RUN_FIELDS or c.startswith("method_params.")]
-    key = members[columns].astype(str).assign(_config=members["config"].map(_run_config) if "config" in members else "")
-    when = pd.to_datetime(members["time"], utc=True, errors="coerce", format="ISO8601") if "time" in members else pd.NaT
-    newest_last = key.assign(_when=when).reset_index(drop=True).sort_values("_when", kind="stable", na_position="first")
-    keep = ~newest_last.drop(columns="_when").duplicated(keep="last").sort_index().to_numpy()
-    return members[keep], int((~keep).sum())
-
-
-def _oracle_rows(members: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    """Retrain rows: real `retrain` runs if any, else one per distinct oracle the rows carry, gap 0: per seed,
-    one per distinct reference (`ref_oracle.<m>` of the metrics `names` shows, its training time aside: another
-    stream or forget set has its own oracle); none where the rows carry no oracle."""
-    real = members[members["method"] == ORACLE]
-    refs = [f"ref_oracle.{m}" for m in names if f"ref_oracle.{m}" in members and not m.endswith("RTE_s")]
-    if not real.empty or not refs:
-        return real
-    ref = members[members[refs].notna().any(axis=1)].drop_duplicates(["seed", *refs])
-    return ref.assign(**{m: ref[f"ref_oracle.{m}"] if f"ref_oracle.{m}" in ref else np.nan for m in names},
-                      method=ORACLE, status="ok", avg_gap=0.0)
-
-
-def _label(value) -> str:
-    return "None" if value is None or value is pd.NA or value != value else str(value)
-
-
-def summarise(members: pd.DataFrame, setting: dict, by: str, extra: Sequence[str], metric_order: Sequence[str]) -> Table:
-    """One setting's rows → its Table (see Table): reruns collapsed (`latest_runs`), then mean, sample std and
-    95% t half-width over finite values; a gap is |mean of (m − the row's own oracle's m)| (`ref_oracle.<m>`)."""
-    members, collapsed = latest_runs(members)
-    present = [m for m in metric_order if m in members and members[m].notna().any()]
-    gap_metrics = [m for m in present if members.get(f"gap.{m}", pd.Series()).notna().any()]
-    metrics = gap_metrics + [m for m in extra if m in present and m not in gap_metrics]
-    names = metrics + [f"diff.{m}" for m in gap_metrics] + ["avg_gap", "RTE_s"]
-    rows = pd.concat([_oracle_rows(members, metrics + ["RTE_s"]), members[members["method"] != ORACLE]], ignore_index=True)
-    rows = rows.assign(**{f"diff.{m}": rows[m] - rows.get(f"ref_oracle.{m}", np.nan) for m in gap_metrics})
-    if by not in rows:
-        raise UnlearnError(f"--by {by}: no such column; the rows have: {', '.join(map(str, rows.columns))}")
-    labels = rows[by].map(_label).where(rows["method"] != ORACLE, ORACLE).rename("method")
-    grouped = rows.reindex(columns=names).astype(float).groupby(labels, sort=False)
-    mean, std, count = grouped.mean(), grouped.std(), grouped.count()
-    std = std.where(count > 1, 0.0).where(count > 0)
-    ci95 = std * t.ppf(0.975, (count - 1).where(count > 1)) / np.sqrt(count)
-    oracle = mean.reindex([ORACLE]).iloc[0]  # NaN where the rows carry no oracle
-    columns = {"n": grouped.size()}
-    for m in metrics:
-        columns |= {f"{m}_mean": mean[m], f"{m}_std": std[m], f"{m}_ci95": ci95[m],
-                    f"{m}_gap": mean[f"diff.{m}"].abs() if m in gap_metrics else ""}
-    columns |= {"avg_gap_mean": mean["avg_gap"], "avg_gap_std": std["avg_gap"], "avg_gap_ci95": ci95["avg_gap"],
-                "rte_s": mean["RTE_s"], "rte_relative": mean["RTE_s"] / oracle["RTE_s"] if oracle["RTE_s"] else np.nan,
-                "diverged": (rows["status"] != "ok").groupby(labels, sort=False).sum()}
-    commands = sorted(set(members["command"].dropna()) - {""}) if "command" in members else []
-    return Table(setting, metrics, gap_metrics, pd.DataFrame(columns), commands, collapsed)
+#: shown after the gap metrics (and any earlier_* metrics) in a stream's per-step table, when present
+STEP_METRICS = ("acc_f", "acc_r", "acc_old", "h_mean", "cum_RTE_s",
+                "shards_retrained", "stages_retrained", "speedup", "live_shards")
+#: shown first in that table when the rows carry no gaps to show the task's metrics by (scenario.oracle=false)
+UNGAPPED_METRICS = ("UA", "RA", "TA", "MIA")
+STEPS_LEGEND = ("mean ± std over runs (the std where n > 1); (gap to that step's Retrain) after each gap metric; "
+                "Avg.Gap to that step's Retrain; RTE of the step and cum_RTE_s (steps 1..k) in seconds.")
 
 
 def setting_keys(frame: pd.DataFrame) -> list[str]:
@@ -205,3 +95,86 @@ def compare(source: str | Path | pd.DataFrame, fmt: str = "md", by: str = "metho
         if "step" in setting_keys(frame):
             plots.steps(found, Path(plot_path).with_name(Path(plot_path).stem + "_steps.png"))
     return render(found, fmt)
+
+
+# ---- a deletion stream: its steps in one table ------------------------------------------------------------------
+
+def stream_tables(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None,
+                  by: Sequence[str] = ()) -> list[Table]:
+    """compare's per-step Tables of result rows in hand (e.g. the rows of one `scenario=sequence` run): one per
+    (setting, step), each against that step's oracle. Columns: the gap metrics, then `metrics` where present
+    (default: the rows' earlier_* metrics, then STEP_METRICS; UNGAPPED_METRICS first where no row has an
+    oracle). `by` names method parameters that tell configurations of one method apart: rows are labelled
+    "method (p=v, ...)". For curves: `plots.steps(stream_tables(rows), path)`."""
+    frame = from_rows(rows)
+    if metrics is None:
+        gapped = any(c.startswith("gap.") and frame[c].notna().any() for c in frame)
+        metrics = ([] if gapped else list(UNGAPPED_METRICS)) + \
+            [m for m in frame.attrs["metrics"] if m.startswith("earlier_")] + list(STEP_METRICS)
+    params = [p for p in by if f"method_params.{p}" in frame]
+    if params:
+        def label(row: pd.Series) -> str:
+            shown = [f"{p}={row[f'method_params.{p}']}" for p in params if not pd.isna(row[f"method_params.{p}"])]
+            return f"{row['method']} ({', '.join(shown)})" if shown else row["method"]
+
+        frame = frame.assign(configuration=frame.apply(label, axis=1))
+    return tables(frame, "configuration" if params else "method", metrics)
+
+
+def steps_view(found: list[Table]) -> list[tuple[str, pd.DataFrame]]:
+    """Per-step Tables (`stream_tables`, or `tables` of rows with steps) → one table per stream setting, as
+    (title, strings): a row per (method, step), Retrain first, then methods in order of appearance, each by
+    step; columns n, the Table's metrics ('mean ± std (gap)', '—' where missing), Avg.Gap and RTE (s), and
+    diverged when any step diverged."""
+    streams: dict[tuple, list[Table]] = {}
+    for table in found:
+        streams.setdefault(tuple((k, v) for k, v in table.setting.items() if k != "step"), []).append(table)
+    out = []
+    for setting, members in streams.items():
+        members = sorted(members, key=lambda t: (pd.isna(t.setting.get("step")), t.setting.get("step")))
+        labels = list(dict.fromkeys(label for t in members for label in t.summary.index))
+        labels.sort(key=lambda label: label != ORACLE)
+        widest = max(members, key=lambda t: len(t.metrics)).metrics  # step 1 has no earlier_* figures
+        metrics = list(dict.fromkeys([*widest, *(m for t in members for m in t.metrics)]))
+        records = []
+        for label in labels:
+            for table in (t for t in members if label in t.summary.index):
+                row, n = table.summary.loc[label], int(table.summary.loc[label, "n"])
+
+                def cell(mean: str, std: str | None = None, gap: str | None = None) -> str:
+                    if mean not in row or pd.isna(row[mean]):
+                        return "—"
+                    text = f"{row[mean]:.2f}" + (f" ± {row[std]:.2f}" if std and n > 1 else "")
+                    return text + (f" ({row[gap]:.2f})" if gap and label != ORACLE and not pd.isna(row[gap]) else "")
+
+                record = {"method": label, "step": str(table.setting.get("step")), "n": str(n)}
+                record |= {m: cell(f"{m}_mean", f"{m}_std", f"{m}_gap" if m in table.gap_metrics else None)
+                           for m in metrics}
+                record |= {"Avg.Gap": cell("avg_gap_mean", "avg_gap_std"), "RTE (s)": cell("rte_s"),
+                           "diverged": str(int(row["diverged"]))}
+                records.append(record)
+        view = pd.DataFrame.from_records(records)
+        if (view["diverged"] == "0").all():
+            view = view.drop(columns="diverged")
+        if (view["Avg.Gap"] == "—").all():  # no oracle (scenario.oracle=false)
+            view = view.drop(columns="Avg.Gap")
+        out.append((title(dict(setting)), view))
+    return out
+
+
+def steps_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None, fmt: str = "md",
+                by: Sequence[str] = ()) -> str:
+    """A deletion stream's rows → methods × steps tables (`steps_view` of `stream_tables`), as printed at the
+    end of a `scenario=sequence` run; fmt "csv" gives every step's numbers (compare's csv)."""
+    if fmt not in FORMATS:
+        raise UnlearnError(f"format {fmt!r} is not one of {FORMATS}")
+    rows = [r for r in rows if r.get("step") is not None]
+    if not rows:
+        return ""
+    found = stream_tables(rows, metrics, by)
+    if fmt == "csv":
+        return render(found, "csv")
+    if fmt == "latex":
+        return "\n\n".join(view.to_latex(index=False, escape=True, caption=name).strip().replace("±", r"$\pm$")
+                            for name, view in steps_view(found)) + "\n"
+    return "\n\n".join(f"### {name}\n\n{STEPS_LEGEND}\n\n" + markdown(view) for name, view in steps_view(found)) + "\n"

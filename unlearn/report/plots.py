@@ -1,6 +1,7 @@
 """Pictures of compare's tables: the forgetting–utility trade-off and, for sequences, per-step curves.
 
-Both take the `Table`s of `unlearn.report.compare.tables` and write a PNG to a path or a binary file object.
+Both take summary `Table`s (`unlearn.report.summary`, made by `compare.tables` or `compare.stream_tables`) and
+write a PNG to a path or a binary file object.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from matplotlib import ticker  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from unlearn.report.compare import Table, title  # noqa: E402
+from unlearn.report.summary import Table, title  # noqa: E402
 
 
 def _save(fig, target: str | Path | IO[bytes]) -> None:

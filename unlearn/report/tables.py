@@ -1,4 +1,4 @@
-"""Small tables from header + rows (the end-of-run summary, the per-step tables of `report/steps.py`), through pandas."""
+"""Small tables from header + rows (the end-of-run summary of `report/row.py`), through pandas."""
 from __future__ import annotations
 
 import math
@@ -17,11 +17,3 @@ def markdown(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     table = pd.DataFrame([[fmt(c) for c in row] for row in rows], columns=list(headers))
     return table.to_markdown(index=False, tablefmt="github", stralign="left", disable_numparse=True)
 
-
-def to_csv(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    return pd.DataFrame([list(r) for r in rows], columns=list(headers)).to_csv(index=False)
-
-
-def latex(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    table = pd.DataFrame([[fmt(c) for c in row] for row in rows], columns=list(headers))
-    return table.to_latex(index=False, escape=True)

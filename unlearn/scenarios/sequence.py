@@ -19,25 +19,28 @@ import numpy as np
 from unlearn.cache import content_key
 from unlearn.codehash import code_digest
 from unlearn.config import plain
+from unlearn.data.concept import ConceptForget
 from unlearn.data.forget import ClassForget, ForgetSet, RandomForget
 from unlearn.data.tensordata import DataBundle
 from unlearn.errors import ConfigError
 from unlearn.eval.continual import class_group_accuracy, h_mean
 from unlearn.knobs import COUNT, OneOf, Range
-from unlearn.pipeline import Artifacts, Experiment, save_model
-from unlearn.report.loggers import Logger, write_json_atomic
-from unlearn.report.row import make_row
-from unlearn.report.steps import steps_table
+from unlearn.pipeline import Artifacts, Experiment, Step, save_model
+from unlearn.pipeline.step import unlearned_identity
+from unlearn.pipeline.store import seed_stage
+from unlearn.report.loggers import Logger
+from unlearn.report.compare import steps_table
 from unlearn.runtime import derive_seed
 from unlearn.tasks.base import Splits
 
-KINDS = ("ids", "classes")
+KINDS = ("ids", "classes", "concepts")
 
 
 class Sequence:
     """`scenario=sequence`: `steps` requests of `kind` ids (each a random batch of forget.ratio / forget.count
-    of the training set, drawn from what is still retained) or classes (each `classes_per_step` classes),
-    in an order drawn from `stream_seed` (default: the run's seed). A fixed `seed` with several `stream_seed`s
+    of the training set, drawn from what is still retained), classes (each `classes_per_step` classes) or
+    concepts (text-to-image: one concept of the world per step, `concepts` in that order or drawn), in an order
+    drawn from `stream_seed` (default: the run's seed). A fixed `seed` with several `stream_seed`s
     runs many streams against the same trained models. `oracle=false` skips the per-step retrain (for exact
     methods, whose oracle is themselves by construction): oracle-relative metrics are then absent."""
 
@@ -46,7 +49,7 @@ class Sequence:
              "stream_seed": Range(0, integer=True, optional=True), "oracle": OneOf((True, False))}
 
     def __init__(self, steps: int = 4, kind: str = "ids", classes_per_step: int = 2, stream_seed: int | None = None,
-                 oracle: bool = True):
+                 oracle: bool = True, concepts: list[str] | None = None):
         if int(steps) != steps or steps < 1:
             raise ConfigError(f"scenario.steps must be an integer >= 1, got {steps}")
         if kind not in KINDS:
@@ -55,21 +58,20 @@ class Sequence:
             raise ConfigError(f"scenario.classes_per_step must be an integer >= 1, got {classes_per_step}")
         self.steps, self.kind, self.classes_per_step = int(steps), kind, int(classes_per_step)
         self.stream_seed, self.oracle = (None if stream_seed is None else int(stream_seed)), bool(oracle)
+        self.concepts = None if concepts is None else [str(c) for c in concepts]
+        if self.concepts is not None and (kind != "concepts" or len(self.concepts) != self.steps):
+            raise ConfigError(f"scenario.concepts={self.concepts} names the requests of a concept stream: use it with "
+                              f"scenario.kind=concepts and scenario.steps={len(self.concepts)}")
+        self._resolved: list = []  # kind=concepts: each request's resolved concept (ConceptRequest)
 
     # ---- the stream ---------------------------------------------------------------------------
     def requests(self, experiment: Experiment) -> list[ForgetSet]:
         """The requests F1..F_steps, seeded by the run's seed; ConfigError (before training) if impossible."""
         data, _ = experiment.data()
-        if experiment.n_models > 1:
-            raise ConfigError("scenario=sequence runs one model per step; population metrics (eval.oracles > 1) "
-                              "are not computed per step, use eval.oracles=1")
-        if not self.oracle and experiment.method.uses_oracle:
-            raise ConfigError(f"method={experiment.method.name} is built from the oracle, which scenario.oracle=false "
-                              f"skips; set scenario.oracle=true")
         seed = experiment.seed if self.stream_seed is None else self.stream_seed
         rng = np.random.default_rng(derive_seed(seed, "stream", self.kind))
-        return self._class_requests(data, rng, experiment) if self.kind == "classes" else \
-            self._id_requests(data, rng, experiment)
+        draw = {"ids": self._id_requests, "classes": self._class_requests, "concepts": self._concept_requests}
+        return draw[self.kind](data, rng, experiment)
 
     def _id_requests(self, data: DataBundle, rng: np.random.Generator, experiment: Experiment) -> list[ForgetSet]:
         builder = experiment.builder
@@ -94,9 +96,11 @@ class Sequence:
         return requests
 
     def _class_requests(self, data: DataBundle, rng: np.random.Generator, experiment: Experiment) -> list[ForgetSet]:
-        if not hasattr(experiment.task, "predict_logits"):
-            raise ConfigError(f"scenario.kind=classes needs a classification task, got {experiment.task.kind}")
         n_classes = int(data.info.get("num_classes", 0))
+        if not n_classes:
+            raise ConfigError(f"scenario.kind=classes needs a data set with classes; {data.name!r} has none "
+                              f"(use scenario.kind=ids)")
+        experiment.task.check_forget(ClassForget([0]))  # the task must score class requests (classifiers, DDPMs)
         wanted = self.steps * self.classes_per_step
         if wanted >= n_classes:
             raise ConfigError(f"scenario.steps={self.steps} × classes_per_step={self.classes_per_step} = {wanted} "
@@ -110,6 +114,44 @@ class Sequence:
             requests.append(request)
         return requests
 
+    def _concept_requests(self, data: DataBundle, rng: np.random.Generator, experiment: Experiment) -> list[ForgetSet]:
+        builder = experiment.builder
+        if not isinstance(builder, ConceptForget):
+            raise ConfigError(f"scenario.kind=concepts erases concepts of a text-to-image world (data=shapes_t2i, "
+                              f"forget=concept), not forget={builder.name}")
+        axes: dict[str, list[str]] = data.info["axes"]
+        concepts = self.concepts or self._draw_concepts(axes, rng)
+        requests, self._resolved = [], []
+        for k, concept in enumerate(concepts):
+            one = ConceptForget(concept=concept, guide=builder.guide)
+            resolved = one.resolve(data)
+            if resolved.concept in [r.concept for r in self._resolved]:
+                raise ConfigError(f"scenario.concepts names {resolved.concept!r} twice")
+            request = one.build(data, 0)
+            request.description["step"] = k + 1
+            requests.append(request)
+            self._resolved.append(resolved)
+        for axis, values in axes.items():
+            if all(v in [r.concept for r in self._resolved] for v in values):
+                raise ConfigError(f"scenario.concepts would erase every {axis} of the world ({', '.join(values)}); "
+                                  f"at least one must remain")
+        return requests
+
+    def _draw_concepts(self, axes: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
+        """`steps` concepts in a seeded order, never every value of an axis."""
+        pairs = [(axis, value) for axis, values in axes.items() for value in values]
+        left = {axis: len(values) for axis, values in axes.items()}
+        chosen = []
+        for i in rng.permutation(len(pairs)):
+            axis, value = pairs[i]
+            if len(chosen) < self.steps and left[axis] > 1:
+                chosen.append(value)
+                left[axis] -= 1
+        if len(chosen) < self.steps:
+            raise ConfigError(f"scenario.steps={self.steps} concepts would erase every value of an axis of the world "
+                              f"(it has {len(pairs)} concepts on {len(axes)} axes); lower scenario.steps")
+        return chosen
+
     def cumulative(self, requests: list[ForgetSet], data: DataBundle) -> ForgetSet:
         """F1 ∪ … ∪ Fk (with, for class streams, the test split left without any forgotten class)."""
         indices = np.unique(np.concatenate([r.indices for r in requests]))
@@ -119,14 +161,32 @@ class Sequence:
             classes = sorted(c for r in requests for c in r.description["classes"])
             test_keep = np.flatnonzero(~np.isin(data.test["y"].cpu().numpy(), classes))
             return ForgetSet(indices, test_keep, description | {"classes": classes})
+        if self.kind == "concepts":
+            return ForgetSet(indices, None, description | {"concepts": [r.description["concept"] for r in requests]})
         return ForgetSet(indices, None, description | {"ratio": requests[0].description["ratio"],
                                                        "count": requests[0].description["count"]})
 
     # ---- the run ------------------------------------------------------------------------------
+    def check(self, experiment: Experiment) -> None:
+        """What a stream cannot carry, refused before anything trains."""
+        if experiment.n_models > 1:
+            raise ConfigError("scenario=sequence runs one model per step; population metrics (eval.oracles > 1) "
+                              "are not computed per step, use eval.oracles=1")
+        if not self.oracle and experiment.method.uses_oracle:
+            raise ConfigError(f"method={experiment.method.name} is built from the oracle, which scenario.oracle=false "
+                              f"skips; set scenario.oracle=true")
+        if getattr(experiment.builder, "adds_data", False):
+            raise ConfigError(f"scenario=sequence draws its requests from the training set, but forget="
+                              f"{experiment.builder.name} adds data to it; use scenario=single for forget="
+                              f"{experiment.builder.name}")
+
     def run(self, experiment: Experiment, *, run_dir: Path | None = None, loggers: list[Logger] | None = None,
             labels: dict | None = None, command: str = "") -> dict[str, Any]:
-        """One row per step (each logged as it is made); returns the last step's row."""
+        """One row per step (each logged as it is made); returns the last step's row. Each step is the pipeline's
+        one step (`unlearn.pipeline.Step`), starting from the model the step before made, under that model's
+        identity (so what is cached from it, a weight mask say, is never another run's)."""
         loggers, labels = loggers or [], labels or {}
+        self.check(experiment)
         data, data_key = experiment.data()
         requests = self.requests(experiment)  # refuses an impossible stream before anything trains
         cfg = experiment.cfg
@@ -135,74 +195,58 @@ class Sequence:
         on_epoch = lambda stage, epoch, loss: [lg.log_epoch(stage, epoch, loss) for lg in loggers]  # noqa: E731
         model_seed = experiment.seed
         t0 = time.perf_counter()
-        original, original_key, payload, original_cached = experiment.original_model(model_seed, on_epoch)
+        original, original_key, payload, original_cached = experiment.models.original_model(model_seed, on_epoch)
         masks = payload.get("masks")
         timings = {"original_s": time.perf_counter() - t0, "original_cached": original_cached}
 
-        model, status = original, "ok"
-        cumulative_rte = cumulative_oracle = 0.0
+        model, identity, status = original, original_key, "ok"
+        totals = {"unlearned": 0.0, "oracle": 0.0}
         rows = []
         for k in range(1, self.steps + 1):
             request, cum = requests[k - 1], self.cumulative(requests[:k], data)
             earlier = self.cumulative(requests[:k - 1], data) if k > 1 else None
             key = content_key("stream-step", code=code_digest(type(self)), data=data_key, request=request.indices,
-                              forget=cum.indices,
-                              test=cum.test_indices)
-            experiment.set_forget(cum, key)
+                              forget=cum.indices, test=cum.test_indices)
+            experiment.request.set_forget(cum, key)
+            if self.kind == "concepts":  # the task scores, and the methods erase, this step's concept
+                experiment.task.use_world(data, self._resolved[k - 1])
             t0 = time.perf_counter()
             if self.oracle:
-                oracle_payload, oracle_key, oracle_cached = experiment._oracle(model_seed, masks, on_epoch)
-                oracle = experiment.model_from_state(oracle_payload)
+                oracle, oracle_key, oracle_payload, oracle_cached = experiment.models.oracle_model(model_seed, masks,
+                                                                                                 on_epoch)
             else:
                 oracle_payload, oracle_key, oracle_cached, oracle = {"train_seconds": float("nan")}, None, False, None
             step_timings = timings | {"oracle_s": time.perf_counter() - t0, "oracle_cached": oracle_cached}
-            art = Artifacts(model_seed, model, original_key, oracle, oracle_key, oracle_payload["train_seconds"],
+            art = Artifacts(model_seed, model, identity, oracle, oracle_key, oracle_payload["train_seconds"],
                             step_timings)
             splits = self._splits(data, request, cum)
             before = model
-            if status == "ok":
-                unlearned, status, seconds = experiment.unlearn(art, splits, on_epoch)
-                figures = experiment.method.run_metrics()
-            else:  # a diverged method has no model to continue from
-                unlearned, seconds, figures = None, float("nan"), {}
-            cumulative_rte += seconds
-            cumulative_oracle += oracle_payload["train_seconds"]
 
-            reference = {"original": experiment.evaluate_reference(original, original_key, art, splits),
-                         "oracle": experiment.evaluate_reference(oracle, oracle_key, art, splits) if oracle else {}}
-            for role, ref_model in (("original", original), ("oracle", oracle)) if oracle else (("original", original),):
-                reference[role] = reference[role] | self._stream_metrics(experiment, ref_model, original, oracle,
-                                                                         splits, earlier, request, cum)
-            if unlearned is not None:
-                metrics = experiment.evaluate(unlearned, oracle, splits)
-                if not all(np.isfinite(v) for v in metrics.values()):
-                    status = "diverged"
-                metrics |= self._stream_metrics(experiment, unlearned, before, oracle, splits, earlier, request, cum)
-            else:
-                metrics = {name: float("nan") for name in reference["oracle"] or reference["original"]}
-            metrics |= figures | {"RTE_s": seconds, "cum_RTE_s": cumulative_rte}
-            reference["original"] |= {"RTE_s": float("nan"), "cum_RTE_s": float("nan")}
-            if oracle is not None:
-                reference["oracle"] |= {"RTE_s": oracle_payload["train_seconds"], "cum_RTE_s": cumulative_oracle}
+            def extra(m, role, before=before, earlier=earlier, request=request, cum=cum, splits=splits):
+                return self._stream_metrics(experiment, m, before if role == "unlearned" else original, splits,
+                                            earlier, request, cum)
+
+            def finish(metrics, original_metrics, oracle_metrics, seconds):
+                totals["unlearned"] += seconds
+                totals["oracle"] += oracle_payload["train_seconds"]
+                metrics["cum_RTE_s"] = totals["unlearned"]
+                original_metrics["cum_RTE_s"] = float("nan")
+                if oracle_metrics:
+                    oracle_metrics["cum_RTE_s"] = totals["oracle"]
 
             step_dir = Path(run_dir) / f"step_{k}" if run_dir is not None else None
-            row = make_row(
-                task=experiment.task.kind, data=str(cfg.data.name),
-                model=labels.get("model") or str(cfg.model._target_).rsplit(".", 1)[-1],
-                forget=cum.description, method=experiment.method.name, method_params=experiment.method.params(),
-                seed=experiment.seed, status=status, metrics=metrics, original=reference["original"],
-                oracle=reference["oracle"], gap_metrics=experiment.task.gap_metrics, command=command,
-                config=plain(cfg), run_dir=str(step_dir) if step_dir else None, timings=step_timings,
-                env=experiment.environment())
-            row |= {"scenario": self.name, "step": k, "steps": self.steps, "request": request.description,
-                    "stream_seed": experiment.seed if self.stream_seed is None else self.stream_seed}
-            if step_dir is not None:
-                write_json_atomic(step_dir / "forget_indices.json",
-                                  {"request": request.indices.tolist(), "cumulative": cum.indices.tolist(),
-                                   "description": request.description})
-            experiment.record(row, step_dir, loggers)
+            fields = {"scenario": self.name, "step": k, "steps": self.steps, "request": request.description,
+                      "stream_seed": experiment.seed if self.stream_seed is None else self.stream_seed}
+            record = {"request": request.indices.tolist(), "cumulative": cum.indices.tolist(),
+                      "description": request.description}
+            # A diverged method has no model to continue from: the rest of the stream is NaN.
+            row, unlearned = Step(art, splits, original, original_key, on_epoch, extra, fields, record,
+                                  diverged_before=status != "ok").run(
+                experiment, run_dir=step_dir, loggers=loggers, labels=labels, command=command, save_model=False,
+                finish=finish)
+            status = row["status"]
             rows.append(row)
-            model = unlearned
+            model, identity = unlearned, unlearned_identity(identity, experiment, key, model_seed)
         if run_dir is not None and model is not None and cfg.save_model:
             save_model(model, Path(run_dir), experiment.model_config)
         print("\n" + steps_table(rows) + "\n", flush=True)
@@ -214,22 +258,38 @@ class Sequence:
         return Splits(forget=data.train.subset(request.indices if forget is None else forget),
                       retain=data.train.subset(cum.retain_indices(len(data.train))), test=test, val=data.val)
 
-    def _stream_metrics(self, experiment: Experiment, model, before, oracle, splits: Splits,
+    def _earlier_concepts(self, experiment: Experiment, model, splits: Splits, k: int, names: list[str]) -> dict:
+        """`earlier_<m>`: the mean over the concepts erased before this step of each one's metric, scored as if
+        it were the request (its own target prompts); the task is given this step's concept back after."""
+        task, data = experiment.task, experiment.data()[0]
+        values = []
+        try:
+            for resolved in self._resolved[:k]:
+                task.use_world(data, resolved)
+                seed_stage(experiment.seed, "evaluate")
+                values.append(task.evaluate(model, splits, experiment.runtime, int(experiment.cfg.eval.seed)))
+        finally:
+            task.use_world(data, self._resolved[k])
+        return {f"earlier_{n}": float(np.mean([v[n] for v in values])) for n in names}
+
+    def _stream_metrics(self, experiment: Experiment, model, before, splits: Splits,
                         earlier: ForgetSet | None, request: ForgetSet, cum: ForgetSet) -> dict[str, float]:
         """Metrics on everything forgotten before this step (`earlier_*`, NaN at step 1) and, for class
-        streams, accuracy on the test examples of this request's classes (acc_f), of the classes never
+        streams of a classifier, accuracy on the test examples of this request's classes (acc_f), of the classes never
         requested (acc_r) and of the classes forgotten earlier (acc_old), with Drop_f against `before` (the
         model that entered the step) and the H-Mean."""
         task = experiment.task
         names = [n for n in task.gap_metrics if n not in task.utility_metrics]
         if earlier is None:
             out = {f"earlier_{n}": float("nan") for n in names}
+        elif self.kind == "concepts":
+            out = self._earlier_concepts(experiment, model, splits, len(earlier.description["concepts"]), names)
         else:
             earlier_splits = self._splits(experiment.data()[0], request, cum, forget=earlier.indices)
-            experiment.seed_stage(experiment.seed, "evaluate")
+            seed_stage(experiment.seed, "evaluate")
             values = task.evaluate(model, earlier_splits, experiment.runtime, int(experiment.cfg.eval.seed))
             out = {f"earlier_{n}": values[n] for n in names}
-        if self.kind != "classes":
+        if self.kind != "classes" or not hasattr(task, "predict_logits"):  # class accuracies: classifiers only
             return out
         data = experiment.data()[0]
         labels = data.test["y"].cpu().numpy()

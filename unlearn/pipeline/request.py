@@ -1,0 +1,77 @@
+"""The data and the forget request: the data set on the device (loaded once, keyed by content) and the forget set
+F a run works on, chosen once from the run's seed (and original, for builders that need it), or set by a scenario
+(a stream's cumulative request)."""
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from unlearn.cache import Cache, content_key
+from unlearn.codehash import code_digest
+from unlearn.config import build, target_of
+from unlearn.data.forget import ForgetBuilder, ForgetSet, Reference
+from unlearn.data.tensordata import DataBundle
+from unlearn.pipeline.store import seed_stage
+from unlearn.runtime import Runtime, derive_seed
+from unlearn.tasks.base import Splits, Task
+
+
+class Request:
+    """The data and the forget set of one experiment."""
+
+    def __init__(self, cfg: DictConfig, task: Task, builder: ForgetBuilder, runtime: Runtime, cache: Cache):
+        self.cfg, self.task, self.builder, self.runtime, self.cache = cfg, task, builder, runtime, cache
+        self.seed = int(cfg.seed)
+        self._data: tuple[DataBundle, str] | None = None
+        self._forget: tuple[ForgetSet, str] | None = None
+
+    def data(self) -> tuple[DataBundle, str]:
+        """The data set on the device and its content key (loaded once per experiment)."""
+        if self._data is None:
+            # A request that adds data (RESTOR's corrupting documents) extends train before anything is keyed or
+            # trained; the key hashes the content, so the original's key covers the added documents.
+            data = self.builder.extend(build(self.cfg.data.source), derive_seed(self.seed, "forget"))
+            data_key = content_key("data", code=code_digest(target_of(self.cfg.data.source)), content=data.fingerprint())
+            data = data.to(self.runtime.device)
+            if self.runtime.channels_last:
+                for split in (data.train, data.val, data.test):
+                    for name, tensor in split.tensors.items():
+                        if tensor.dim() == 4:
+                            split.tensors[name] = tensor.contiguous(memory_format=torch.channels_last)
+            self.builder.check(data)
+            self.task.setup(data, self.cache, self.runtime, self.seed)
+            self._data = data, data_key
+        return self._data
+
+    def forget_set(self, original: nn.Module | None, original_key: str | None) -> tuple[ForgetSet, str, bool]:
+        """(F, its key, cached) for this run: chosen once, from the run's seed (and original, for builders that
+        need it)."""
+        if self._forget is not None:
+            return (*self._forget, True)
+        data, data_key = self.data()
+        reference = Reference(self.task, original, original_key, self.runtime) if self.builder.needs_original else None
+        key = content_key("forget", code=code_digest(type(self.builder), self.task.loss, self.task.fit),
+                          data=data_key, builder=type(self.builder).__qualname__,
+                          fields=self.builder.cache_fields(), seed=self.seed,
+                          original=original_key if reference else None)
+        seed_stage(self.seed, "forget")
+        forget, cached = self.cache.get_or_compute(
+            key, lambda: self.builder.build(data, derive_seed(self.seed, "forget"), reference), "forget set")
+        self._forget = forget, key
+        return forget, key, cached
+
+    def set_forget(self, forget: ForgetSet, key: str) -> None:
+        """Use this forget set from now on (a scenario's request instead of the forget builder's)."""
+        self._forget = forget, key
+
+    @property
+    def forget(self) -> ForgetSet:
+        return self._forget[0]
+
+    @property
+    def forget_key(self) -> str:
+        return self._forget[1]
+
+    def splits(self) -> Splits:
+        return Splits.from_forget_set(self.data()[0], self.forget)
