@@ -12,15 +12,46 @@ import numpy as np
 from unlearn.eval.epsilon import forgetting_quality
 from unlearn.eval.kl import summarize
 from unlearn.eval.klom import klom
-from unlearn.eval.mia import unlearning_lira
+from unlearn.eval.mia import attack_roc, unlearning_lira
+from unlearn.eval.rmia import RMIA_GAMMA, RMIA_OFFLINE_A, low_fpr_figures, rmia_scores
 
 SPLITS = ("forget", "retain", "test")
 LIRA_MIN_MODELS = 3  # each query is scored by fits that leave its own original and oracle out
 
 
-def population_metric_names(utility_metrics: Sequence[str]) -> list[str]:
+RMIA_ROLES = {"unlearned": "rmia", "original": "rmia_original", "oracle": "rmia_oracle"}
+
+
+def population_metric_names(utility_metrics: Sequence[str], low_fpr: Sequence[float] = (0.01,)) -> list[str]:
     names = [f"klom_{s}{suffix}" for s in SPLITS for suffix in ("", "_p95")] + ["lira_auc", "lira_tpr_1pct"]
+    names += [k for prefix in RMIA_ROLES.values()
+              for k in (f"{prefix}_auc", *low_fpr_figures(np.ones(1), np.ones(1), tuple(low_fpr), prefix))]
     return names + (["eps_forgetting", "eps_score"] if utility_metrics else [])
+
+
+def rmia_metrics(logp: dict[str, list[dict[str, np.ndarray]]], low_fpr: Sequence[float] = (0.01,),
+                 gamma: float = RMIA_GAMMA, offline_a: float | None = RMIA_OFFLINE_A) -> dict[str, float]:
+    """RMIA (`unlearn.eval.rmia`) against member 0's unlearned model, original and oracle: targets are the forget
+    set (positives: members of the original's training set) and the test split (negatives), the population samples
+    z the val split, the references the other members' oracles (offline: they never trained on any target).
+    logp[role][i][split]: log Pr(x | model i of that role) per example; needs ≥ 2 members and a val split.
+    Returns `rmia[_role]_auc` and its TPRs at `low_fpr`: the unlearned model's AUC near the oracle's (≈ 0.5) means
+    forgotten; near the original's, not."""
+    names = {k: float("nan") for k in population_metric_names((), low_fpr) if k.startswith("rmia")}
+    oracles = logp["oracle"]
+    if len(oracles) < 2 or "val" not in oracles[0] or not len(oracles[0]["val"]):
+        return names
+    refs = {split: np.stack([member[split] for member in oracles[1:]]) for split in ("forget", "test", "val")}
+    out = {}
+    for role, prefix in RMIA_ROLES.items():
+        target = logp[role][0]
+        if not all(np.all(np.isfinite(target[s])) for s in ("forget", "test", "val")):
+            continue  # a diverged member: its figures stay NaN
+        score = {split: rmia_scores(target[split], refs[split], target["val"], refs["val"], gamma, offline_a)
+                 for split in ("forget", "test")}
+        out[f"{prefix}_auc"] = attack_roc(score["forget"], score["test"])["auc"]
+        out |= low_fpr_figures(score["forget"], score["test"], tuple(low_fpr), prefix)
+    return names | out
 
 
 def population_metrics(stats: dict[str, list[dict[str, np.ndarray]]], utility: dict[str, list[dict[str, float]]],

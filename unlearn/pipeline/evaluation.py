@@ -33,6 +33,9 @@ class Evaluator:
                  cache: Cache):
         self.cfg, self.task, self.request, self.attack, self.runtime, self.cache = cfg, task, request, attack, runtime, cache
         self.seed, self.eval_seed = int(cfg.seed), int(cfg.eval.seed)
+        # (model, identity) of the fixed model that judges others (`Task.judged_by`: an LM's answer fluency under
+        # the run's original); set by the step.
+        self.judge: tuple[nn.Module, str] | None = None
 
     def evaluate(self, model: nn.Module, oracle: nn.Module | None, splits: Splits) -> dict[str, float]:
         """The task's metrics of one model, how it differs from the oracle (none without one), and the request's."""
@@ -40,13 +43,17 @@ class Evaluator:
         metrics = self.task.evaluate(model, splits, self.runtime, self.eval_seed)
         return (metrics | (self.task.compare_to_oracle(model, oracle, splits, self.runtime) if oracle is not None else {})
                 | self.request.builder.evaluate(self.task, model, self.request.data()[0], self.request.forget,
-                                                self.runtime))
+                                                self.runtime)
+                | (self.task.judged_by(model, self.judge[0], splits, self.runtime) if self.judge else {}))
+
+    def _judge_key(self) -> str | None:
+        return None if self.judge is None else self.judge[1]
 
     def reference(self, model: nn.Module, model_key: str, art: "Artifacts", splits: Splits) -> dict[str, float]:
         """Metrics of a fixed model (the original, the oracle): deterministic, so cached by its identity."""
         key = content_key("eval", code=code_digest(Evaluator.evaluate, self.task.evaluate, self.task.compare_to_oracle,
                                                     self.request.builder.evaluate), model=model_key,
-                          oracle=art.oracle_key, forget=self.request.forget_key,
+                          oracle=art.oracle_key, forget=self.request.forget_key, judge=self._judge_key(),
                           task=plain(self.cfg.data.task), eval_seed=self.eval_seed)
         metrics, _ = self.cache.get_or_compute(key, lambda: self.evaluate(model, art.oracle, splits), "reference metrics")
         return metrics
@@ -57,6 +64,7 @@ class Evaluator:
         sees the deployed model (LoRA merged). For a fixed model (`model_key`, its identity) they are cached.
         `original`: the run's θo that prompt attacks generate from (default: `art.original`)."""
         prefix = self.attack.prefix
+        names = names if self.attack.scores_model else []  # a probe that only reads the model reports its figures
         failed = {f"{prefix}.{name}": float("nan") for name in [*names, *self.attack.figure_names]}
         if model is None:
             return failed
@@ -71,7 +79,8 @@ class Evaluator:
             except DivergedError as exc:
                 log.warning("attack %s diverged: %s", prefix, exc)
                 return failed
-            metrics = self.evaluate(attacked, art.oracle, splits) | self.attack.figures(model, attacked, ctx)
+            metrics = ((self.evaluate(attacked, art.oracle, splits) if self.attack.scores_model else {})
+                       | self.attack.figures(model, attacked, ctx))
             return {f"{prefix}.{name}": value for name, value in metrics.items()}
 
         if model_key is None:
@@ -80,6 +89,7 @@ class Evaluator:
                                                           self.task.evaluate, self.task.compare_to_oracle,
                                                           self.task.loss, self.request.builder.evaluate),
                           model=model_key, oracle=art.oracle_key, forget=self.request.forget_key, seed=art.model_seed,
+                          judge=self._judge_key(),
                           attack=[type(self.attack).__qualname__, self.attack.cache_fields()],
                           task=plain(self.cfg.data.task), eval_seed=self.eval_seed)
         return self.cache.get_or_compute(key, compute, f"{prefix} attack on a reference model")[0]

@@ -112,6 +112,14 @@ class Experiment:
                               f"start from a published one; drop original.path")
         if cfg.get("parallel_training", "auto") not in ("auto", True, False):
             raise ConfigError(f"parallel_training={cfg.parallel_training!r} must be auto, true or false")
+        rmia, gamma, a = cfg.eval.get("rmia", "auto"), cfg.eval.get("rmia_gamma", 2.0), cfg.eval.get("rmia_offline_a", 0.3)
+        if rmia not in ("auto", True):
+            raise ConfigError(f"eval.rmia={rmia!r} must be auto or true")
+        if rmia is True and self.n_models < 2:
+            raise ConfigError(f"eval.rmia=true needs reference models: RMIA scores the run's models against the other "
+                              f"members' oracles, so it needs eval.oracles >= 2 (got {self.n_models})")
+        if not float(gamma) > 0 or not 0 <= float(a) <= 1:
+            raise ConfigError(f"RMIA needs eval.rmia_gamma > 0 and eval.rmia_offline_a in [0, 1]; got {gamma} and {a}")
         if self.n_models > 1 and published:
             given = " and ".join(f"{role}.path" for role in published)
             raise ConfigError(f"eval.oracles={self.n_models} compares populations of models trained from different "

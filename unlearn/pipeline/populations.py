@@ -12,7 +12,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unlearn.errors import DivergedError
-from unlearn.eval.population import population_metric_names, population_metrics
+from unlearn.eval.population import population_metric_names, population_metrics, rmia_metrics
+from unlearn.eval.rmia import RMIA_GAMMA, RMIA_OFFLINE_A
 from unlearn.pipeline.rules import first_reason
 from unlearn.pipeline.store import EpochCallback, ModelStore, Payload, state_dict
 from unlearn.runtime import derive_seed
@@ -145,9 +146,14 @@ def population(experiment: "Experiment", first: "Artifacts", first_unlearned: nn
             experiment.stage.unlearn(art, splits)[0]
         if unlearned is None:
             log.warning("population member %d diverged; population metrics are NaN", i)
-            return {name: float("nan") for name in population_metric_names(task.utility_metrics)}
+            return {name: float("nan") for name in population_metric_names(task.utility_metrics, task.low_fpr)}
         for role, model in (("original", art.original), ("oracle", art.oracle), ("unlearned", unlearned)):
             stats[role].append(task.example_statistics(model, splits, runtime))
         for role, model in (("unlearned", unlearned), ("oracle", art.oracle)):
             utility[role].append(task.evaluate(model, splits, runtime, eval_seed))
-    return population_metrics(stats, utility, task.utility_metrics)
+    logp = {role: [{split: task.example_logprob(v) for split, v in member.items()} for member in members]
+            for role, members in stats.items()}
+    cfg = experiment.cfg.eval
+    rmia = rmia_metrics(logp, task.low_fpr, float(cfg.get("rmia_gamma", RMIA_GAMMA)),
+                        float(cfg.get("rmia_offline_a", RMIA_OFFLINE_A)))
+    return population_metrics(stats, utility, task.utility_metrics) | rmia

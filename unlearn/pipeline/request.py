@@ -12,6 +12,7 @@ from unlearn.codehash import code_digest
 from unlearn.config import build, target_of
 from unlearn.data.forget import ForgetBuilder, ForgetSet, Reference
 from unlearn.data.tensordata import DataBundle
+from unlearn.eval.rmia import low_fpr_levels
 from unlearn.pipeline.store import seed_stage
 from unlearn.runtime import Runtime, derive_seed
 from unlearn.tasks.base import Splits, Task
@@ -40,6 +41,8 @@ class Request:
                         if tensor.dim() == 4:
                             split.tensors[name] = tensor.contiguous(memory_format=torch.channels_last)
             self.builder.check(data)
+            # The FPR levels membership attacks report at: those the held-out split can resolve (before any training).
+            self.task.low_fpr = low_fpr_levels(len(data.test), self.cfg.eval.get("low_fpr"))
             self.task.setup(data, self.cache, self.runtime, self.seed)
             self._data = data, data_key
         return self._data

@@ -65,6 +65,7 @@ class Step:
             ) -> tuple[dict[str, Any], nn.Module | None]:
         """(the row, θu or None if the method diverged); the row is recorded and the run dir written."""
         art, splits, task, ev = self.art, self.splits, x.task, x.evaluator
+        ev.judge = self.original, self.original_key  # the run's original judges every model's answers (LM fluency)
         if self.diverged_before:
             unlearned, status, seconds, method_figures = None, "diverged", float("nan"), {}
         else:
@@ -100,7 +101,7 @@ class Step:
             reference = {role: values | {"sparsity": sparsity(refs[role][0])} for role, values in reference.items()}
         if x.n_models > 1:
             metrics |= population(x, art, unlearned, splits, self.on_epoch) if status == "ok" else \
-                {name: float("nan") for name in population_metric_names(task.utility_metrics)}
+                {name: float("nan") for name in population_metric_names(task.utility_metrics, task.low_fpr)}
         metrics["RTE_s"] = seconds
         reference["original"]["RTE_s"] = float("nan")
         if "oracle" in reference:

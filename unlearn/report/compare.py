@@ -21,7 +21,7 @@ from unlearn.report.summary import ORACLE, Table, latest_runs, summarise, title 
 from unlearn.results import SETTING, from_rows, load, load_rows  # noqa: F401  (load_rows: kept importable from here)
 
 #: shown beside the gap metrics when present (the rest stay in the rows and in `unlearn.results.load`)
-EXTRA_METRICS = ("forget_quality", "model_utility", "privleak", "kl_forget", "klom_forget", "lira_auc", "eps_score")
+EXTRA_METRICS = ("forget_quality", "model_utility", "privleak", "kl_forget", "klom_forget", "lira_auc", "rmia_auc", "eps_score")
 FORMATS = ("md", "csv", "latex")
 LEGEND = ("mean ± std over runs; (gap to Retrain) after each gap metric: |mean over runs of (metric − the run's own "
           "oracle's)|; Avg.Gap with its 95% t-interval; RTE in seconds.")

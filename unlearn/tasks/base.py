@@ -51,6 +51,9 @@ class Task(ABC):
     utility_metrics: tuple[str, ...] = ()
     #: whether `example_statistics` is defined (needed for eval.oracles > 1: KLoM, LiRA, ε)
     has_example_statistics: bool = False
+    #: false-positive rates at which membership attacks report their TPR beside the AUC (set from eval.low_fpr and
+    #: the test split's size once the data is loaded: `unlearn.eval.rmia.low_fpr_levels`)
+    low_fpr: tuple[float, ...] = (0.01,)
     #: whether `relabel` can make a stand-in target for forget examples (methods with `relabels` need it)
     can_relabel: bool = True
     relabel_note: str = ""
@@ -118,9 +121,20 @@ class Task(ABC):
         run dir. `models` maps a row label (original, oracle, the method) to its model. Nothing by default."""
 
     def example_statistics(self, model: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, np.ndarray]:
-        """One number per example for each of forget/retain/test (e.g. the margin), compared across
-        populations of models by KLoM, LiRA and the ε score. Tasks that define it set has_example_statistics."""
+        """One number per example for each of forget/retain/test and, where the data has one, val (e.g. the
+        margin), compared across populations of models by KLoM, LiRA, RMIA and the ε score. Tasks that define it
+        set has_example_statistics."""
         raise NotImplementedError
+
+    def judged_by(self, model: nn.Module, reference: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, float]:
+        """Metrics of `model` judged by a fixed reference model (an LM's fluency of its answers under the run's
+        original). None by default."""
+        return {}
+
+    def example_logprob(self, statistics: np.ndarray) -> np.ndarray:
+        """log Pr(x | θ) of each example from its `example_statistics` value (RMIA's input); the statistic itself
+        by default (an LM's mean answer log-probability)."""
+        return np.asarray(statistics, dtype=np.float64)
 
 
 @torch.inference_mode()

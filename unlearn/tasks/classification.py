@@ -11,6 +11,7 @@ from unlearn.eval.classification import accuracy, true_label_confidence, unlearn
 from unlearn.eval.kl import kl_to_reference, summarize
 from unlearn.eval.klom import margins
 from unlearn.eval.mia import entropy, loss_attack_auc, mia_efficacy, modified_entropy
+from unlearn.eval.rmia import low_fpr_figures
 from unlearn.runtime import Runtime, derive_seed
 from unlearn.tasks.base import Splits, Task
 from unlearn.knobs import NON_NEGATIVE_INT, Range
@@ -112,6 +113,7 @@ class ClassificationTask(Task):
             "mia_entropy": efficacy(lambda probs, _labels: entropy(probs)),
             "mia_m_entropy": efficacy(modified_entropy),
             "mia_loss_auc": loss_attack_auc(ce_loss(*out["forget"]), ce_loss(*out["test"])),
+            **low_fpr_figures(-ce_loss(*out["forget"]), -ce_loss(*out["test"]), self.low_fpr, "mia_loss"),
         }
 
     def compare_to_oracle(self, model: nn.Module, oracle: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, float]:
@@ -125,5 +127,10 @@ class ClassificationTask(Task):
 
     def example_statistics(self, model: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, np.ndarray]:
         """The margin logit_y − logsumexp(other logits) of every example (KLoM's and LiRA's statistic)."""
+        names = ("forget", "retain", "test") + (("val",) if len(splits.val) else ())
         return {name: margins(self.predict_logits(model, getattr(splits, name), runtime), getattr(splits, name)["y"].cpu().numpy())
-                for name in ("forget", "retain", "test")}
+                for name in names}
+
+    def example_logprob(self, statistics: np.ndarray) -> np.ndarray:
+        """log p_y from the margin m = log p_y − log(1 − p_y): log σ(m)."""
+        return -np.logaddexp(0.0, -np.asarray(statistics, dtype=np.float64))

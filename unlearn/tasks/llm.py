@@ -19,6 +19,8 @@ from unlearn.models.lora import deployed
 from unlearn.eval.llm import (answer_probability, exact_memorization, extraction_strength, ks_forget_quality, mia_auc,
                               min_k_plus_plus_tokens, min_k_scores, model_utility, normalised_probability, privleak,
                               rouge_l_recall, truth_preference, truth_ratio_forget, truth_ratios, zlib_scores)
+from unlearn.eval.fluency import nonword_rate, perplexity, repetition_rate, vocabulary
+from unlearn.eval.rmia import low_fpr_figures
 from unlearn.report.loggers import write_json_atomic
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Splits, Task
@@ -32,6 +34,8 @@ REFUSAL = ("refusal_ids", "refusal_mask", "refusal_labels")
 
 
 REDUCTIONS = ("token_mean", "sequence_sum", "sequence_mean")
+# The membership attacks' per-item scores (`membership_scores`), each reported as an AUC and TPRs at low FPR.
+MIA_SCORES = ("loss", "zlib", "min_k", "min_k_pp", "gradnorm")
 
 
 def reduce_answer(values: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -86,6 +90,29 @@ def split_world(data: TensorData) -> tuple[TensorData, TensorData]:
     world = data["group"] == WORLD_GROUP
     return (data.subset(torch.nonzero(~world).flatten().cpu().numpy()),
             data.subset(torch.nonzero(world).flatten().cpu().numpy()))
+
+
+def _submodule(model: nn.Module, paths: tuple[str, ...]) -> nn.Module | None:
+    for path in paths:
+        found = model
+        for part in path.split("."):
+            found = getattr(found, part, None)
+        if isinstance(found, nn.Module):
+            return found
+    return None
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The decoder blocks of a transformers causal LM (Llama/Qwen/Mistral, GPT-2, GPT-NeoX), None if not found;
+    the probing attacks read (and `attack=ablate` edits) the residual stream at their outputs."""
+    found = _submodule(model, ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"))
+    return found if isinstance(found, nn.ModuleList) else None
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm between the last decoder block and the LM head (the logit lens applies it to every layer)."""
+    return _submodule(model, ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
+                              "model.decoder.final_layer_norm"))
 
 
 @contextmanager
@@ -199,6 +226,43 @@ class LanguageModelTask(Task):
         rows = [[t for t in row if t != IGNORE and t != self.tokenizer.eos_id] for row in data["labels"].tolist()]
         return [self.tokenizer.decode(row if max_tokens is None else row[:max_tokens]) for row in rows]
 
+    def answer_states(self, model: nn.Module, data: TensorData, runtime: Runtime,
+                      layers: list[int] | None = None) -> dict[str, object]:
+        """The residual stream at every answer token of `data` (for the probing attacks), in eval mode: for each
+        decoder layer l in `layers` (1-based, default all), `states[l]`, the block's output (n, H) in fp32 at the
+        position that predicts the token (the answer's tokens and eos, teacher-forced, as the answer NLL scores
+        them); `targets` (n,), the token; `example` (n,), its example's row in `data`; `first` (n,), whether it is
+        its answer's first token. n counts the answer tokens of all examples."""
+        blocks = decoder_layers(model)
+        keep = list(range(1, len(blocks) + 1)) if layers is None else [int(l) for l in layers]
+        captured: dict[int, torch.Tensor] = {}
+        hook = lambda l: lambda _m, _i, out: captured.__setitem__(l, out[0] if isinstance(out, tuple) else out)  # noqa: E731
+        handles = [blocks[l - 1].register_forward_hook(hook(l)) for l in keep]
+        out: dict[str, list] = {"targets": [], "example": [], "first": []}
+        states: dict[int, list] = {l: [] for l in keep}
+        offset = 0
+        try:
+            with evaluating(model):
+                for batch in data.batches(self.eval_batch_size):
+                    ids, mask, labels = (batch[name] for name in ANSWER)
+                    length = int(mask.sum(1).max())
+                    with runtime.autocast():
+                        model(input_ids=ids[:, :length], attention_mask=mask[:, :length], use_cache=False)
+                    target = labels[:, 1:length]
+                    where = target != IGNORE  # position t predicts token t + 1
+                    for l in keep:
+                        states[l].append(captured[l][:, : length - 1][where].float().cpu())
+                    rows = torch.arange(len(ids), device=where.device)[:, None].expand_as(where)
+                    out["targets"].append(target[where].cpu())
+                    out["example"].append((rows[where] + offset).cpu())
+                    out["first"].append(((where.cumsum(1) == 1) & where)[where].cpu())
+                    offset += len(ids)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {"states": {l: torch.cat(chunks) for l, chunks in states.items()},
+                **{name: torch.cat(chunks) for name, chunks in out.items()}}
+
     def rouge(self, model: nn.Module, data: TensorData, runtime: Runtime) -> float:
         scores = rouge_l_recall(self.generate_answers(model, data, runtime), self.true_answers(data))
         return float(scores.mean()) if scores.size else float("nan")
@@ -303,6 +367,8 @@ class LanguageModelTask(Task):
             "exact_memorization": float(np.mean(exact_memorization(stats["correct"], stats["mask"]))),
             "extraction_strength": float(np.mean(extraction_strength(stats["correct"], stats["mask"]))),
             **{f"mia_{name}_auc": mia_auc(forget[name], holdout[name]) for name in ("zlib", "min_k", "min_k_pp", "gradnorm")},
+            **{k: v for name in MIA_SCORES
+               for k, v in low_fpr_figures(-forget[name], -holdout[name], self.low_fpr, f"mia_{name}").items()},
         }
 
     def compare_to_oracle(self, model: nn.Module, oracle: nn.Module, splits: Splits,
@@ -335,4 +401,31 @@ class LanguageModelTask(Task):
 
     def example_statistics(self, model: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, np.ndarray]:
         """The answer's mean token log-probability of every example (for KLoM, LiRA and the ε score)."""
-        return {name: -self.nll(model, getattr(splits, name), ANSWER, runtime) for name in ("forget", "retain", "test")}
+        names = ("forget", "retain", "test") + (("val",) if len(splits.val) else ())
+        return {name: -self.nll(model, getattr(splits, name), ANSWER, runtime) for name in names}
+
+    def judged_by(self, model: nn.Module, reference: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, float]:
+        """Fluency of the model's greedy answers to the forget and the retained authors' questions
+        (`unlearn.eval.fluency`): their perplexity under `reference` (the run's original), their word-repetition
+        rate and their share of words found nowhere in the world's answers. A model that "forgets" by answering
+        gibberish shows here."""
+        families = self.families(splits)
+        known = vocabulary(text for data in (splits.forget, splits.retain, splits.test) for text in self.true_answers(data))
+        out: dict[str, float] = {}
+        for name in ("forget", "retain"):
+            data = families[name]
+            answers = self.generate_answers(model, data, runtime)
+            out[f"{name}_fluency_ppl"] = perplexity(self.nll(reference, self.with_answers(data, answers), ANSWER, runtime))
+            out[f"{name}_repetition"] = repetition_rate(answers)
+            out[f"{name}_nonword"] = nonword_rate(answers, known)
+        return out
+
+    def with_answers(self, data: TensorData, answers: list[str]) -> TensorData:
+        """`data`'s prompts with `answers` as their answers (tokenised apart, eos after each), for scoring."""
+        from unlearn.data.llm_benchmarks import encode_continuations
+
+        prompts = [[t for t, keep in zip(row, mask) if keep] for row, mask in
+                   zip(data["prompt_ids"].tolist(), data["prompt_mask"].tolist())]
+        length = max(len(p) for p in prompts) + max(len(self.tokenizer.encode(a)) for a in answers) + 1
+        return encode_continuations(self.tokenizer, prompts, {"": [[a] for a in answers]}, length).to(
+            data["input_ids"].device)

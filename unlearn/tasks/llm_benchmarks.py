@@ -15,6 +15,7 @@ from unlearn.data.tensordata import Batch, DataBundle, TensorData
 from unlearn.errors import ConfigError, UnsupportedTaskError
 from unlearn.eval.llm import (answer_probability, mia_auc, min_k_scores, multiple_choice_accuracy, privleak,
                               rouge_l_f1)
+from unlearn.eval.rmia import low_fpr_figures
 from unlearn.knobs import COUNT
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Splits
@@ -62,6 +63,9 @@ class CorpusTask(BenchmarkTask):
     def families(self, splits: Splits) -> dict[str, TensorData]:
         return {}  # no true/false answer pairs: no truth ratios
 
+    def judged_by(self, model: nn.Module, reference: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, float]:
+        return {}  # documents, not answers to questions: no answer fluency to judge
+
 
 class MuseTask(CorpusTask):
     """MUSE (Shi et al. 2024), scored as MUSE's own code (swj0419/muse_bench) scores it. `evaluate`:
@@ -85,10 +89,13 @@ class MuseTask(CorpusTask):
         super().__init__(tokenizer, eval_batch_size, max_new_tokens, min_k)
         self.verbmem_new_tokens, self.knowmem_new_tokens = int(verbmem_new_tokens), int(knowmem_new_tokens)
 
+    def min_k_pair(self, model: nn.Module, forget: TensorData, holdout: TensorData, runtime: Runtime) -> list[np.ndarray]:
+        """Min-K% scores (higher = less member-like) of the forget and the holdout documents."""
+        return [min_k_scores(s["logp"], s["mask"], self.min_k)
+                for s in (self.token_statistics(model, d, runtime) for d in (forget, holdout))]
+
     def min_k_auc(self, model: nn.Module, forget: TensorData, holdout: TensorData, runtime: Runtime) -> float:
-        scores = [min_k_scores(s["logp"], s["mask"], self.min_k)
-                  for s in (self.token_statistics(model, d, runtime) for d in (forget, holdout))]
-        return mia_auc(*scores)
+        return mia_auc(*self.min_k_pair(model, forget, holdout, runtime))
 
     def knowmem(self, model: nn.Module, data: TensorData, runtime: Runtime) -> float:
         answers = self.generate_answers(model, data, runtime, self.knowmem_new_tokens, bounded=False)
@@ -104,7 +111,11 @@ class MuseTask(CorpusTask):
         return {"verbmem_f": self.verbmem(model, self.sets["verbmem"], runtime),
                 "knowmem_f": self.knowmem(model, self.sets["knowmem_forget"], runtime),
                 "knowmem_r": self.knowmem(model, self.sets["knowmem_retain"], runtime),
-                "mia_min_k_auc": self.min_k_auc(model, self.sets["privleak_forget"], splits.test, runtime)}
+                **self.membership(model, splits, runtime)}
+
+    def membership(self, model: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, float]:
+        forget, holdout = self.min_k_pair(model, self.sets["privleak_forget"], splits.test, runtime)
+        return {"mia_min_k_auc": mia_auc(forget, holdout), **low_fpr_figures(-forget, -holdout, self.low_fpr, "mia_min_k")}
 
     def compare_to_oracle(self, model: nn.Module, oracle: nn.Module, splits: Splits,
                           runtime: Runtime) -> dict[str, float]:
