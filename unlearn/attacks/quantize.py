@@ -47,14 +47,14 @@ def _inverse(d: torch.Tensor) -> torch.Tensor:
     return torch.where(d == 0, torch.zeros_like(d), 1 / torch.where(d == 0, torch.ones_like(d), d))
 
 
-def _symmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _symmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     top = 2 ** (bits - 1) - 1
     s = x.abs().amax(-1, keepdim=True) / top
     q = (x * _inverse(s)).round().clamp(-top - 1, top)
     return q * s, s, q
 
 
-def _asymmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _asymmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
     s = (hi - lo) / (2 ** bits - 1)
     inv = _inverse(s)
@@ -63,14 +63,14 @@ def _asymmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]
     return torch.where(s == 0, lo.expand_as(x), (q - z) * s), s, q - z
 
 
-def _q8_0(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _q8_0(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     d = x.abs().amax(-1, keepdim=True) / 127
     q = _roundf(x * _inverse(d))
     d16 = d.half().float()
     return q * d16, d16, q
 
 
-def _q4_0(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _q4_0(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     biggest = x.gather(-1, x.abs().argmax(-1, keepdim=True))   # the first element of largest magnitude, signed
     d = biggest / -8
     q = torch.trunc(x * _inverse(d) + 8.5).clamp(0, 15)
@@ -78,7 +78,7 @@ def _q4_0(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (q - 8) * d16, d16.abs(), (q - 8) * torch.sign(d16)
 
 
-def _q4_1(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _q4_1(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
     d = (hi - lo) / 15
     q = torch.trunc((x - lo) * _inverse(d) + 0.5).clamp(0, 15)
