@@ -61,10 +61,11 @@ def test_rmia_finds_what_a_model_memorised_and_nothing_in_one_that_did_not():
 
 def test_low_fpr_levels_follow_the_sample_and_refuse_what_it_cannot_resolve():
     assert low_fpr_levels(360) == (0.01,) and low_fpr_levels(1500) == (0.01, 0.001)
-    assert low_fpr_levels(500, [0.01]) == (0.01,)
+    assert low_fpr_levels(40) == (0.0,)  # too few for 1%: the TPR at FPR 0, named for what it is
+    assert low_fpr_levels(500, [0.01]) == (0.01,) and low_fpr_levels(500, 0.01) == (0.01,)  # a list, or one number
     with pytest.raises(ConfigError, match=r"eval.low_fpr=0.001 needs at least 1000 held-out examples to resolve; the test split has 360"):
         low_fpr_levels(360, [0.01, 0.001])
-    assert fpr_name(0.01) == "1pct" and fpr_name(0.001) == "0.1pct"
+    assert fpr_name(0.01) == "1pct" and fpr_name(0.001) == "0.1pct" and fpr_name(0.0) == "0pct"
     # an attack with AUC 0.5 can still identify a few examples perfectly: the low-FPR figure shows it
     positive = np.r_[np.full(5, 10.0), np.linspace(0, 1, 95)]
     negative = np.linspace(0, 1, 200)
@@ -102,6 +103,14 @@ def test_rmia_settings_are_refused_before_training(overrides, message, tmp_path)
         Experiment(compose_config(*TINY, f"cache_dir={tmp_path}", *overrides))
 
 
+def test_reference_metrics_follow_the_requested_fpr_levels(run_experiment):
+    """The cached reference metrics are keyed by the FPR levels: a run asking for 5% gets them for every model."""
+    run_experiment("method=ga", "method.epochs=1")
+    row = run_experiment("method=ga", "method.epochs=1", "eval.low_fpr=[0.05]")
+    for values in (row["metrics"], row["reference"]["original"], row["reference"]["oracle"]):
+        assert "mia_loss_tpr_5pct" in values and "mia_loss_tpr_1pct" not in values
+
+
 def test_an_fpr_the_test_split_cannot_resolve_is_refused_before_training(tmp_path):
     exp = Experiment(compose_config(*TINY, f"cache_dir={tmp_path}", "eval.low_fpr=[0.0001]"))
     with pytest.raises(ConfigError, match=r"eval.low_fpr=0.0001 needs at least 10000 held-out examples"):
@@ -116,5 +125,6 @@ def test_an_lm_row_reports_answer_fluency(run_experiment):
     original, unlearned = row["reference"]["original"], row["metrics"]
     for values in (original, unlearned):
         assert {"forget_fluency_ppl", "forget_repetition", "forget_nonword", "retain_fluency_ppl"} <= set(values)
+        assert "mia_loss_tpr_0pct" in values and "mia_loss_tpr_1pct" not in values  # 9 holdout answers: FPR 0 only
         assert values["forget_fluency_ppl"] >= 1.0
     assert original["forget_nonword"] < 0.2  # the original answers in the world's words

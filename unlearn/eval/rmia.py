@@ -51,18 +51,21 @@ def rmia_scores(target_x: np.ndarray, refs_x: np.ndarray, target_z: np.ndarray, 
 
 def low_fpr_levels(n_negatives: int, requested=None) -> tuple[float, ...]:
     """The false-positive rates a sample of `n_negatives` non-members can resolve: a TPR at FPR f needs at least
-    1/f negatives. `requested` None ("auto"): 1% always (with fewer than 100 negatives it is the TPR at FPR 0, a
-    lower bound, as `attack_roc` documents) and 0.1% where the sample has ≥ 1000 negatives. An explicit level the
-    sample cannot resolve is refused (ConfigError), naming how many negatives it needs."""
+    1/f negatives. `requested` None ("auto"): 1% and 0.1% where the sample resolves them; a sample too small for
+    1% (under 100 negatives) reports the TPR at FPR 0 (`<attack>_tpr_0pct`: the examples identified with no false
+    positive at all), so no figure claims a resolution the sample does not have. An explicit level (a number or a
+    list) that the sample cannot resolve is refused (ConfigError), naming how many negatives it needs."""
     if requested is None:
-        return (0.01,) + ((0.001,) if n_negatives >= 1000 else ())
-    levels = tuple(float(f) for f in requested)
+        levels = tuple(f for f in (0.01, 0.001) if n_negatives >= round(1 / f))
+        return levels or (0.0,)
+    levels = tuple(float(f) for f in ([requested] if isinstance(requested, (int, float)) else requested))
     for f in levels:
         if not 0 < f < 1:
             raise ConfigError(f"eval.low_fpr levels must lie in (0, 1), got {f}")
         if n_negatives < round(1 / f):
             raise ConfigError(f"eval.low_fpr={f} needs at least {round(1 / f)} held-out examples to resolve; the "
-                              f"test split has {n_negatives} (use a coarser level, or null for the levels it allows)")
+                              f"test split has {n_negatives} (use a coarser level, or null: the levels it resolves, "
+                              f"or the TPR at FPR 0 below 100 examples)")
     return levels
 
 

@@ -54,7 +54,7 @@ class Evaluator:
         key = content_key("eval", code=code_digest(Evaluator.evaluate, self.task.evaluate, self.task.compare_to_oracle,
                                                     self.request.builder.evaluate), model=model_key,
                           oracle=art.oracle_key, forget=self.request.forget_key, judge=self._judge_key(),
-                          task=plain(self.cfg.data.task), eval_seed=self.eval_seed)
+                          task=plain(self.cfg.data.task), low_fpr=self.task.low_fpr, eval_seed=self.eval_seed)
         metrics, _ = self.cache.get_or_compute(key, lambda: self.evaluate(model, art.oracle, splits), "reference metrics")
         return metrics
 
@@ -89,7 +89,7 @@ class Evaluator:
                                                           self.task.evaluate, self.task.compare_to_oracle,
                                                           self.task.loss, self.request.builder.evaluate),
                           model=model_key, oracle=art.oracle_key, forget=self.request.forget_key, seed=art.model_seed,
-                          judge=self._judge_key(),
+                          judge=self._judge_key(), low_fpr=self.task.low_fpr,
                           attack=[type(self.attack).__qualname__, self.attack.cache_fields()],
                           task=plain(self.cfg.data.task), eval_seed=self.eval_seed)
         return self.cache.get_or_compute(key, compute, f"{prefix} attack on a reference model")[0]

@@ -55,7 +55,8 @@ class CorpusTask(BenchmarkTask):
 
     can_relabel = False  # relabelling methods are refused before anything trains (Method.check)
     relabel_note = ("its training data are documents, which have no question to answer with a refusal; "
-                    "methods that relabel (idkpo, idkdpo, flat, rl, salun) run on data=tofu")
+                    "methods that relabel (idkpo, idkdpo, flat, rl, salun) run on data=tofu; here use one that "
+                    "does not, e.g. method=npo, ga, graddiff, simnpo or rmu")
 
     def relabel(self, batch: Batch, generator: torch.Generator) -> Batch:
         raise UnsupportedTaskError(f"this benchmark cannot relabel: {self.relabel_note}")
