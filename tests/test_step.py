@@ -26,6 +26,9 @@ def test_a_stream_attacks_every_step_and_its_references(tmp_path, shared_cache):
     for row in rows:
         for values in (row["metrics"], row["reference"]["original"], row["reference"]["oracle"]):
             assert {"relearn.UA", "relearn.TA"} <= set(values) and values["relearn.UA"] == values["relearn.UA"]
+    from unlearn.report.compare import steps_table
+
+    assert "relearn.UA" in steps_table(rows)  # the end-of-run table shows the attack's figures too
     # the attack really trained the step's model: some metric of it moved
     assert any(r["metrics"][f"relearn.{m}"] != r["metrics"][m] for r in rows for m in ("UA", "RA", "TA", "MIA"))
 

@@ -109,8 +109,11 @@ def stream_tables(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None 
     frame = from_rows(rows)
     if metrics is None:
         gapped = any(c.startswith("gap.") and frame[c].notna().any() for c in frame)
+        # an attack's figures on the gap metrics (relearn.UA, ...) where the rows carry them
+        attacked = {c[len("gap."):] for c in frame if c.startswith("gap.")}
         metrics = ([] if gapped else list(UNGAPPED_METRICS)) + \
-            [m for m in frame.attrs["metrics"] if m.startswith("earlier_")] + list(STEP_METRICS)
+            [m for m in frame.attrs["metrics"] if m.startswith("earlier_")] + \
+            [m for m in frame.attrs["metrics"] if "." in m and m.split(".", 1)[1] in attacked] + list(STEP_METRICS)
     params = [p for p in by if f"method_params.{p}" in frame]
     if params:
         def label(row: pd.Series) -> str:
