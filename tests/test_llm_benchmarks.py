@@ -204,7 +204,7 @@ def test_tofu_loads_the_published_original_and_oracle_instead_of_training(run_ex
     from unlearn.config import build
     from unlearn.models.llm import causal_lm_from_checkpoint
     from unlearn.runtime import Runtime
-    from unlearn.tasks.llm import ANSWER
+    from unlearn.tasks.answers import ANSWER
 
     data = load_tofu(str(files["lm"]), str(files["tofu"]), download=False, authors_rows=AUTHORS_ROWS)
     task = build(__import__("conftest").compose_config(*TOFU(files)).data.task)

@@ -13,7 +13,7 @@ from unlearn.methods.flat import DIVERGENCES, flat_loss
 from unlearn.methods.masks import top_fraction_mask, wagle_scores
 from unlearn.methods.npo import npo_loss
 from unlearn.methods.preference import preference_loss
-from unlearn.tasks.llm import reduce_answer
+from unlearn.tasks.answers import reduce_answer
 
 
 # ---- the one reduction ------------------------------------------------------------------------------

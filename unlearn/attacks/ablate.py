@@ -50,7 +50,7 @@ class Ablate(HiddenStateAttack):
         return {l: difference_of_means(forget[l], retain[l]) for l in layers}
 
     def attack(self, model: nn.Module, ctx: AttackContext) -> nn.Module:
-        from unlearn.tasks.llm import decoder_layers
+        from unlearn.tasks.answers import decoder_layers
 
         start = time.perf_counter()
         directions = self.directions(model, ctx)

@@ -98,7 +98,7 @@ class HiddenStateAttack(Attack):
 
     def layers(self, model: nn.Module) -> list[int]:
         """The 1-based decoder layers probed on `model` (ConfigError if `layer` is beyond its depth)."""
-        from unlearn.tasks.llm import decoder_layers
+        from unlearn.tasks.answers import decoder_layers
 
         blocks = decoder_layers(model)
         if blocks is None:

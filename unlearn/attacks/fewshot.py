@@ -58,7 +58,7 @@ class FewShot(HiddenStateAttack):
         return model
 
     def figures(self, model: nn.Module, attacked: nn.Module, ctx: AttackContext) -> dict[str, float]:
-        from unlearn.tasks.llm import _shifted_logits, evaluating
+        from unlearn.tasks.answers import _shifted_logits, evaluating
 
         start = time.perf_counter()
         task = ctx.task

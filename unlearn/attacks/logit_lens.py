@@ -28,7 +28,7 @@ LENS_BATCH = 4096  # answer tokens per head evaluation
 def lens_readout(model: nn.Module, states: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probability of each target, whether it is the argmax) with `states` (n, H) read through the model's
     final norm and LM head."""
-    from unlearn.tasks.llm import final_norm
+    from unlearn.tasks.answers import final_norm
 
     norm, head = final_norm(model), model.get_output_embeddings()
     param = next(head.parameters())
@@ -56,7 +56,7 @@ class LogitLens(HiddenStateAttack):
         return model
 
     def figures(self, model: nn.Module, attacked: nn.Module, ctx: AttackContext) -> dict[str, float]:
-        from unlearn.tasks.llm import decoder_layers, final_norm
+        from unlearn.tasks.answers import decoder_layers, final_norm
 
         start = time.perf_counter()
         if final_norm(attacked) is None or attacked.get_output_embeddings() is None:

@@ -23,7 +23,7 @@ import torch
 from unlearn.errors import ConfigError
 from unlearn.knobs import OneOf
 from unlearn.methods.base import GradientMethod
-from unlearn.tasks.llm import ANSWER, answer_logprobs, reduce_answer
+from unlearn.tasks.answers import ANSWER, answer_logprobs, reduce_answer
 
 Pair = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 

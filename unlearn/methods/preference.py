@@ -14,7 +14,7 @@ from torch import nn
 
 from unlearn.data.tensordata import Batch
 from unlearn.errors import ConfigError
-from unlearn.tasks.llm import ANSWER, answer_logprobs, reduce_answer
+from unlearn.tasks.answers import ANSWER, answer_logprobs, reduce_answer
 
 
 def preference_loss(margin: torch.Tensor, beta: float) -> torch.Tensor:

@@ -19,7 +19,8 @@ from unlearn.eval.rmia import low_fpr_figures
 from unlearn.knobs import COUNT
 from unlearn.runtime import Runtime
 from unlearn.tasks.base import Splits
-from unlearn.tasks.llm import ANSWER, LanguageModelTask, answer_logprobs, evaluating, reduce_answer
+from unlearn.tasks.answers import ANSWER, answer_logprobs, evaluating, reduce_answer
+from unlearn.tasks.llm import LanguageModelTask
 
 if TYPE_CHECKING:
     from unlearn.cache import Cache
