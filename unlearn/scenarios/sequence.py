@@ -62,7 +62,7 @@ class Sequence:
         if self.concepts is not None and (kind != "concepts" or len(self.concepts) != self.steps):
             raise ConfigError(f"scenario.concepts={self.concepts} names the requests of a concept stream: use it with "
                               f"scenario.kind=concepts and scenario.steps={len(self.concepts)}")
-        self._resolved: list = []  # kind=concepts: each request's resolved concept (ConceptRequest)
+        self._requests: list[ForgetSet] = []  # the stream's requests, for the metrics on earlier ones
 
     # ---- the stream ---------------------------------------------------------------------------
     def requests(self, experiment: Experiment) -> list[ForgetSet]:
@@ -121,18 +121,18 @@ class Sequence:
                               f"forget=concept), not forget={builder.name}")
         axes: dict[str, list[str]] = data.info["axes"]
         concepts = self.concepts or self._draw_concepts(axes, rng)
-        requests, self._resolved = [], []
+        requests, resolved_concepts = [], []
         for k, concept in enumerate(concepts):
             one = ConceptForget(concept=concept, guide=builder.guide)
             resolved = one.resolve(data)
-            if resolved.concept in [r.concept for r in self._resolved]:
+            if resolved.concept in resolved_concepts:
                 raise ConfigError(f"scenario.concepts names {resolved.concept!r} twice")
             request = one.build(data, 0)
             request.description["step"] = k + 1
             requests.append(request)
-            self._resolved.append(resolved)
+            resolved_concepts.append(resolved.concept)
         for axis, values in axes.items():
-            if all(v in [r.concept for r in self._resolved] for v in values):
+            if all(v in resolved_concepts for v in values):
                 raise ConfigError(f"scenario.concepts would erase every {axis} of the world ({', '.join(values)}); "
                                   f"at least one must remain")
         return requests
@@ -188,7 +188,7 @@ class Sequence:
         loggers, labels = loggers or [], labels or {}
         self.check(experiment)
         data, data_key = experiment.data()
-        requests = self.requests(experiment)  # refuses an impossible stream before anything trains
+        requests = self._requests = self.requests(experiment)  # refuses an impossible stream before anything trains
         cfg = experiment.cfg
         for lg in loggers:
             lg.start(run_dir, plain(cfg))
@@ -208,8 +208,7 @@ class Sequence:
             key = content_key("stream-step", code=code_digest(type(self)), data=data_key, request=request.indices,
                               forget=cum.indices, test=cum.test_indices)
             experiment.request.set_forget(cum, key)
-            if self.kind == "concepts":  # the task scores, and the methods erase, this step's concept
-                experiment.task.use_world(data, self._resolved[k - 1])
+            experiment.task.use_request(data, request)  # a task that reads the request itself (t2i) takes this one
             t0 = time.perf_counter()
             if self.oracle:
                 oracle, oracle_key, oracle_payload, oracle_cached = experiment.models.oracle_model(model_seed, masks,
@@ -264,12 +263,12 @@ class Sequence:
         task, data = experiment.task, experiment.data()[0]
         values = []
         try:
-            for resolved in self._resolved[:k]:
-                task.use_world(data, resolved)
+            for earlier in self._requests[:k]:
+                task.use_request(data, earlier)
                 seed_stage(experiment.seed, "evaluate")
                 values.append(task.evaluate(model, splits, experiment.runtime, int(experiment.cfg.eval.seed)))
         finally:
-            task.use_world(data, self._resolved[k])
+            task.use_request(data, self._requests[k])
         return {f"earlier_{n}": float(np.mean([v[n] for v in values])) for n in names}
 
     def _stream_metrics(self, experiment: Experiment, model, before, splits: Splits,

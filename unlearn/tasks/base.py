@@ -126,6 +126,10 @@ class Task(ABC):
         set has_example_statistics."""
         raise NotImplementedError
 
+    def use_request(self, data: DataBundle, forget: ForgetSet) -> None:
+        """A request that reaches the task after `setup` (a stream's step), for tasks whose metrics and methods
+        read the request itself (a text-to-image concept). Nothing by default: the splits carry the request."""
+
     def judged_by(self, model: nn.Module, reference: nn.Module, splits: Splits, runtime: Runtime) -> dict[str, float]:
         """Metrics of `model` judged by a fixed reference model (an LM's fluency of its answers under the run's
         original). None by default."""

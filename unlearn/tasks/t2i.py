@@ -30,6 +30,7 @@ from torch import nn
 from unlearn.cache import content_key
 from unlearn.codehash import code_digest
 from unlearn.data.concept import ConceptForget, ConceptRequest, prompt_words, replace_word
+from unlearn.data.forget import ForgetSet
 from unlearn.data.shapes_t2i import NOISE_TARGET
 from unlearn.data.tensordata import Batch, DataBundle, TensorData
 from unlearn.errors import ConfigError
@@ -86,6 +87,11 @@ class TextToImageTask(Task):
             raise ConfigError(f"the t2i task erases concepts named in prompts, but forget={builder.name} removes "
                               f"examples; use forget=concept forget.concept=<word> (e.g. red, circle)")
         self._builder = builder
+
+    def use_request(self, data: DataBundle, forget: ForgetSet) -> None:
+        """Score and erase the concept `forget` names (a concept stream's step), with the run's own guide."""
+        guide = None if self._builder is None else self._builder.guide
+        self.use_world(data, ConceptForget(concept=forget.description["concept"], guide=guide).resolve(data))
 
     def use_world(self, data: DataBundle, request: ConceptRequest) -> None:
         """Read the world's prompt table and index the prompts this request needs."""
