@@ -39,6 +39,10 @@ def test_forgetting_methods_raise_forget_error(run_experiment, method):
     assert original["UA"] < 5.0, "the original should have memorised its forget set"
     assert row["metrics"]["UA"] > original["UA"] + 5.0, f"{method} did not lower forget accuracy"
     assert row["metrics"]["RTE_s"] > 0 and math.isfinite(row["avg_gap"])
+    # CPU seconds beside wall seconds; on a CPU, RTE / Retrain compares CPU time with CPU time.
+    cpu, oracle_cpu = row["metrics"]["RTE_cpu_s"], row["reference"]["oracle"]["RTE_cpu_s"]
+    assert cpu > 0 and oracle_cpu > 0 and row["rte_basis"] == "cpu" and row["rte_relative"] == cpu / oracle_cpu
+    assert row["environment"]["threads"] == 1
 
 
 def saved_and_original(tmp_path, shared_cache, method_class: str):
@@ -76,6 +80,7 @@ def test_retrain_is_the_cached_oracle(run_experiment):
     oracle = row["reference"]["oracle"]
     assert {k: row["metrics"][k] for k in ("UA", "RA", "TA", "MIA")} == {k: oracle[k] for k in ("UA", "RA", "TA", "MIA")}
     assert row["metrics"]["RTE_s"] == oracle["RTE_s"] > 0 and row["avg_gap"] == 0.0
+    assert row["metrics"]["RTE_cpu_s"] == oracle["RTE_cpu_s"] > 0 and row["rte_relative"] == 1.0
 
 
 def test_the_oracle_never_saw_the_forget_set(run_experiment):
@@ -101,7 +106,7 @@ def test_second_run_reuses_original_forget_set_and_oracle(run_experiment, tmp_pa
 
 def test_same_seed_gives_identical_numbers(run_experiment, tmp_path):
     rows = [run_experiment("method=salun", "method.epochs=2", cache_dir=tmp_path / f"c{i}") for i in range(2)]
-    strip = lambda m: {k: v for k, v in m.items() if k != "RTE_s"}  # noqa: E731
+    strip = lambda m: {k: v for k, v in m.items() if "RTE" not in k}  # noqa: E731
     assert strip(rows[0]["metrics"]) == strip(rows[1]["metrics"])
     assert strip(rows[0]["reference"]["oracle"]) == strip(rows[1]["reference"]["oracle"])
 
@@ -190,10 +195,9 @@ def test_cli_multirun_trains_original_and_oracle_once(tmp_path):
     assert len(runs) == 2 and all((r.parent / "forget_indices.json").exists() for r in runs)
 
 
-def _prepared(tmp_path, threads: int, *overrides: str):
+def _prepared(tmp_path, name: str, *overrides: str):
     # The tiny recipe is far below the FLOPs at which auto starts a second process: true forces it.
-    exp = Experiment(compose_config(*TINY, f"threads={threads}", f"cache_dir={tmp_path / f'cache{threads}'}",
-                                    "parallel_training=true", *overrides))
+    exp = Experiment(compose_config(*TINY, f"cache_dir={tmp_path / name}", "parallel_training=true", *overrides))
     epochs = []
     return exp, exp.prepare(lambda stage, epoch, loss: epochs.append(stage)), epochs
 
@@ -203,43 +207,47 @@ def _same_models(a, b) -> bool:
         and all(torch.equal(a.oracle.state_dict()[k], b.oracle.state_dict()[k]) for k in a.oracle.state_dict())
 
 
-def test_original_trains_beside_the_oracle_and_is_the_one_thread_model(tmp_path):
-    """threads=2 on a CPU: the original trains in a second process while the oracle trains here, one thread each, so
-    both are exactly the models of a threads=1 run (sequential), and the original's epochs are still reported."""
-    exp, beside, epochs = _prepared(tmp_path, 2)
-    try:
-        assert beside.timings.get("beside_oracle") is True
-        assert beside.timings["forget_cached"] is False  # chosen in this run, and its row says so
-        assert torch.get_num_threads() == 2  # the threads are given back
-        assert epochs.count("original") == epochs.count("oracle") == 15
-        _, alone, _ = _prepared(tmp_path, 1)
-        assert "beside_oracle" not in alone.timings
-        assert _same_models(beside, alone)
-    finally:
-        torch.set_num_threads(1)
+@pytest.fixture
+def two_cores(monkeypatch):
+    """The machine the second process needs (two cores for two one-thread processes), whatever runs the suite."""
+    import unlearn.pipeline.beside
+
+    monkeypatch.setattr(unlearn.pipeline.beside, "available_cores", lambda: 2)
 
 
-def test_a_failed_second_process_trains_the_original_here(tmp_path, monkeypatch, caplog):
+def test_original_trains_beside_the_oracle_and_is_the_model_trained_alone(tmp_path, two_cores):
+    """Two cores, threads=1: the original trains in a second process on one thread while the oracle trains here on
+    the other, so both are exactly the models of a sequential run (same thread count, same cache keys), and the
+    original's epochs are still reported."""
+    exp, beside, epochs = _prepared(tmp_path, "beside")
+    assert beside.timings.get("beside_oracle") is True
+    assert beside.timings["forget_cached"] is False  # chosen in this run, and its row says so
+    assert torch.get_num_threads() == 1
+    assert epochs.count("original") == epochs.count("oracle") == 15
+    _, alone, _ = _prepared(tmp_path, "alone", "parallel_training=false")
+    assert "beside_oracle" not in alone.timings
+    assert _same_models(beside, alone) and (beside.original_key, beside.oracle_key) == (alone.original_key, alone.oracle_key)
+
+
+def test_a_failed_second_process_trains_the_original_here(tmp_path, monkeypatch, caplog, two_cores):
     import unlearn.pipeline.beside
 
     monkeypatch.setattr(unlearn.pipeline.beside, "CHILD", "import sys; sys.exit('no room here')")
-    try:
-        with caplog.at_level(logging.WARNING, logger="unlearn"):
-            _, failed, _ = _prepared(tmp_path, 2)
-        assert "second process failed (exit 1: no room here)" in caplog.text
-        _, alone, _ = _prepared(tmp_path, 1)
-        assert _same_models(failed, alone)
-    finally:
-        torch.set_num_threads(1)
+    with caplog.at_level(logging.WARNING, logger="unlearn"):
+        _, failed, _ = _prepared(tmp_path, "failed")
+    assert "second process failed (exit 1: no room here)" in caplog.text
+    _, alone, _ = _prepared(tmp_path, "alone", "parallel_training=false")
+    assert _same_models(failed, alone)
 
 
 @pytest.mark.parametrize("override, reason", [("forget=worst_case", "the forget set depends on the original"),
                                               ("parallel_training=false", "parallel_training=false"),
                                               ("prune=omp", "pruning"),
-                                              ("parallel_training=auto", "a short training")])
-def test_the_original_trains_first_where_the_oracle_needs_it(override, reason):
+                                              ("parallel_training=auto", "a short training"),
+                                              ("threads=2", "2 cores for two processes of 2 threads")])
+def test_the_original_trains_first_where_the_oracle_needs_it(override, reason, two_cores):
     try:
-        exp = Experiment(compose_config(*TINY, "threads=2", override))
+        exp = Experiment(compose_config(*TINY, override))
         assert exp.beside.why_not(exp.seed).startswith(reason)
     finally:
         torch.set_num_threads(1)
@@ -250,10 +258,28 @@ def test_parallel_training_takes_auto_true_or_false():
         Experiment(compose_config(*TINY, "parallel_training=sometimes"))
 
 
-def test_a_cached_original_or_oracle_keeps_one_process(tmp_path):
+def test_a_cached_original_or_oracle_keeps_one_process(tmp_path, two_cores):
+    _prepared(tmp_path, "cache", "parallel_training=false")
+    again = Experiment(compose_config(*TINY, f"cache_dir={tmp_path / 'cache'}", "parallel_training=true"))
+    assert again.beside.why_not(again.seed) == "the original or the oracle is cached"
+
+
+def test_threads_auto_is_one_for_small_models_and_the_count_is_in_keys_and_rows(tmp_path, monkeypatch):
+    """threads=auto depends on the config only: one thread below the step-FLOP bound (every embedded default),
+    torch's default above it. The thread count that trains a CPU model is in its cache key and in the row."""
+    import unlearn.runtime
+
     try:
-        exp, _, _ = _prepared(tmp_path, 1)
-        again = Experiment(compose_config(*TINY, "threads=2", f"cache_dir={tmp_path / 'cache1'}", "parallel_training=true"))
-        assert again.beside.why_not(again.seed) == "the original or the oracle is cached"
+        auto = Experiment(compose_config(*[o for o in TINY if o != "threads=1"], f"cache_dir={tmp_path}"))
+        assert auto.cfg.threads == "auto" and auto.runtime.threads == 1 == torch.get_num_threads()
+        assert auto.models.training_flop()[0] < unlearn.runtime.ONE_THREAD_MAX_STEP_FLOP
+        two = Experiment(compose_config(*TINY[:-1], "threads=2", f"cache_dir={tmp_path}"))
+        assert two.runtime.threads == 2
+        assert two.models.dense_original_key(0) != auto.models.dense_original_key(0)
+        monkeypatch.setattr(unlearn.runtime, "ONE_THREAD_MAX_STEP_FLOP", 1.0)  # every model is now "large"
+        large = Experiment(compose_config(*TINY[:-1], f"cache_dir={tmp_path}"))
+        assert large.runtime.threads == unlearn.runtime.DEFAULT_THREADS
     finally:
         torch.set_num_threads(1)
+    with pytest.raises(ConfigError, match="threads must be auto, null"):
+        Experiment(compose_config(*TINY[:-1], "threads=0"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -13,6 +14,12 @@ from torch import nn
 from unlearn.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16")
+#: torch's own thread count on this machine (its default: the cores it may use), read before anything changes it
+DEFAULT_THREADS = torch.get_num_threads()
+#: threads=auto: a training step below this many FLOP runs on one thread. Tiny models are overhead-bound and a second
+#: thread only adds contention (measured: the default digits run took 47.9 s on a busy 2-core machine with torch's
+#: default threads, 10.5 s on one; t2i_tiny's 6e9-FLOP step took 157 ms on one thread, 128 ms on two, idle).
+ONE_THREAD_MAX_STEP_FLOP = 1e10
 
 
 def derive_seed(seed: int, *names: str) -> int:
@@ -29,14 +36,19 @@ class Runtime:
     # Data-parallel processes under `accelerate launch` (or torchrun): this one's index and how many there are.
     rank: int = 0
     world_size: int = 1
+    # The torch CPU threads that train and evaluate here (they change a CPU run's rounding, so its numbers).
+    threads: int = DEFAULT_THREADS
 
     @classmethod
     def from_config(cls, device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
-                    threads: int | None = None) -> "Runtime":
-        if threads is not None:
-            if int(threads) < 1:
-                raise ConfigError(f"threads must be >= 1 (or null for torch's default), got {threads}")
-            torch.set_num_threads(int(threads))
+                    threads: int | str | None = None) -> "Runtime":
+        """`threads`: an int, null (torch's default: every core) or "auto" (left at torch's default here; the
+        Experiment then calls `use_threads(auto_threads(...))`, which depends on the config only)."""
+        if threads not in (None, "auto"):
+            if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+                raise ConfigError(f"threads must be auto, null (torch's default) or an int >= 1, got {threads!r}")
+        count = DEFAULT_THREADS if threads in (None, "auto") else int(threads)
+        torch.set_num_threads(count)
         rank, world_size = 0, 1
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched data-parallel: accelerate sets up the processes
             from accelerate import PartialState
@@ -59,7 +71,17 @@ class Runtime:
             precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         if channels_last == "auto":
             channels_last = dev.type == "cuda"
-        return cls(device=dev, precision=precision, channels_last=bool(channels_last), rank=rank, world_size=world_size)
+        return cls(device=dev, precision=precision, channels_last=bool(channels_last), rank=rank, world_size=world_size,
+                   threads=count)
+
+    def use_threads(self, count: int) -> None:
+        self.threads = int(count)
+        torch.set_num_threads(self.threads)
+
+    @property
+    def key_threads(self) -> int | None:
+        """The thread count a trained model's cache key holds: on a CPU it changes the model; elsewhere not."""
+        return self.threads if self.device.type == "cpu" else None
 
     @property
     def is_main(self) -> bool:
@@ -103,6 +125,55 @@ class Runtime:
         """A CPU generator for one stage: index permutations and labels are drawn on the CPU so that the
         same seed gives the same draws on every device."""
         return torch.Generator().manual_seed(derive_seed(seed, *stage))
+
+
+class Clock(NamedTuple):
+    """A stage's time in seconds: wall clock and this process's CPU time (`+` adds both)."""
+    wall: float
+    cpu: float
+
+    def __add__(self, other: "Clock") -> "Clock":  # type: ignore[override]
+        return Clock(self.wall + other.wall, self.cpu + other.cpu)
+
+    def __sub__(self, other: "Clock") -> "Clock":
+        return Clock(self.wall - other.wall, self.cpu - other.cpu)
+
+    @classmethod
+    def of(cls, payload: dict, prefix: str = "") -> "Clock":
+        """A cached payload's `prefix`seconds and `prefix`cpu_seconds (NaN where it has none)."""
+        nan = float("nan")
+        return cls(float(payload.get(f"{prefix}seconds", nan)), float(payload.get(f"{prefix}cpu_seconds", nan)))
+
+
+class Stopwatch:
+    """`with Stopwatch() as clock: ...`, then `clock.wall` and `clock.cpu` in seconds: wall-clock time and this
+    process's CPU time (every thread's; `time.process_time`). CPU time moves less with the machine's load than wall
+    time does, so RTE / Retrain compares like with like on a CPU (docs/results.md, "Run time, threads and determinism")."""
+
+    def __enter__(self) -> "Stopwatch":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self.wall = self.cpu = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
+
+    @property
+    def clock(self) -> Clock:
+        return Clock(self.wall, self.cpu)
+
+    def payload(self, prefix: str = "") -> dict[str, float]:
+        """{`prefix`seconds: wall, `prefix`cpu_seconds: cpu}, as the cached payloads hold them."""
+        return {f"{prefix}seconds": self.wall, f"{prefix}cpu_seconds": self.cpu}
+
+
+def auto_threads(device: torch.device, step_flop: Callable[[], float]) -> int:
+    """threads=auto: 1 on a CPU when one training step costs under ONE_THREAD_MAX_STEP_FLOP (every embedded default
+    model), else torch's default. A function of the config (through `step_flop`, an estimate), never of the machine's
+    load, so the same command gives the same numbers wherever its models are small."""
+    if device.type != "cpu":
+        return DEFAULT_THREADS
+    return 1 if step_flop() < ONE_THREAD_MAX_STEP_FLOP else DEFAULT_THREADS
 
 
 def seed_everything(seed: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
@@ -16,7 +15,7 @@ from unlearn.errors import ConfigError, UnsupportedTaskError
 from unlearn.knobs import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, OneOf, Range
 from unlearn.methods.masks import MASKS, FrozenOutsideMask, weight_mask
 from unlearn.models.lora import LoraSettings, prepare_for_training
-from unlearn.runtime import Runtime
+from unlearn.runtime import Clock, Runtime, Stopwatch
 from unlearn.tasks.base import Task
 from unlearn.training import (OPTIMIZERS, SCHEDULES, STREAM_MODES, OptimConfig, StackedModels, Streams, optimise,
                               optimise_stacked, stackable)
@@ -36,7 +35,7 @@ class UnlearnContext:
     runtime: Runtime
     generator: torch.Generator              # the method stage's own seeded stream
     oracle: Callable[[], nn.Module]         # the cached retrained model (Retrain returns it)
-    oracle_seconds: float                   # how long the oracle took to train
+    oracle_seconds: float                   # how long the oracle took to train (wall clock)
     on_epoch: Optional[Callable[[str, int, float], None]] = None
     forget_indices: Optional[np.ndarray] = None              # F as indices into the training set
     # Cached artifacts a method may ask for; the time spent building them is not part of its RTE.
@@ -45,6 +44,7 @@ class UnlearnContext:
     # artifact(kind, fields, compute): compute() cached under (kind, fields, θo, F); its build time is kept out
     # of RTE by the pipeline. None: compute() is simply called.
     artifact: Optional[Callable[[str, dict, Callable[[], Any]], Any]] = None
+    oracle_cpu_seconds: float = float("nan")  # the CPU time it took
 
     def cached(self, kind: str, fields: dict, compute: Callable[[], Any]) -> Any:
         return compute() if self.artifact is None else self.artifact(kind, fields, compute)
@@ -98,8 +98,8 @@ class Method:
     def unlearn(self, ctx: UnlearnContext) -> nn.Module:
         raise NotImplementedError
 
-    def reported_seconds(self, measured: float, ctx: UnlearnContext) -> float:
-        """Run time reported as RTE (the measured wall clock of `unlearn`)."""
+    def reported_seconds(self, measured: Clock, ctx: UnlearnContext) -> Clock:
+        """Run time reported as RTE: the measured wall clock and CPU time of `unlearn`."""
         return measured
 
     def why_not_stacked(self) -> str | None:
@@ -160,7 +160,7 @@ class GradientMethod(Method):
         if mask != self.default_mask:
             self.name = f"{type(self).name}+{mask}"
         self._frozen: FrozenOutsideMask | None = None
-        self._mask_seconds = 0.0
+        self._mask_seconds = Clock(0.0, 0.0)
         self.lr, self.epochs, self.batch_size = float(lr), int(epochs), int(batch_size)
         self.optimizer, self.momentum, self.weight_decay = optimizer, float(momentum), float(weight_decay)
         self.schedule, self.stream = schedule, stream
@@ -207,7 +207,7 @@ class GradientMethod(Method):
             fields = {"mask": self.mask, "ratio": self.mask_ratio, "mu": self.mask_mu if self.mask == "wagle" else None}
             payload = ctx.cached("weight-mask", fields, lambda: timed_mask(self.mask, model, ctx, self.mask_ratio,
                                                                            self.mask_mu))
-            self._mask_seconds = payload["seconds"]
+            self._mask_seconds = Clock.of(payload)
             self._frozen = FrozenOutsideMask(model, {n: m.to(ctx.runtime.device) for n, m in payload["mask"].items()})
         self.prepare(ctx, model)
         optimise(model, lambda m, f, r: self.objective(ctx, m, f, r), self._streams(ctx), self._optim, ctx.runtime,
@@ -245,9 +245,9 @@ class GradientMethod(Method):
                          desc=f"unlearn[{self.name}] x{len(ctxs)} (stacked)", on_epoch=ctx.on_epoch)
         return stack.load_into(models)
 
-    def reported_seconds(self, measured: float, ctx: UnlearnContext) -> float:
-        """The loop's wall clock plus the time the weight mask took to compute (cached or not)."""
-        return measured + (self._mask_seconds if self.mask != "none" else 0.0)
+    def reported_seconds(self, measured: Clock, ctx: UnlearnContext) -> Clock:
+        """The loop's time plus the time the weight mask took to compute (cached or not)."""
+        return measured + self._mask_seconds if self.mask != "none" else measured
 
 
 class _MaskedHooks:
@@ -268,10 +268,10 @@ class _MaskedHooks:
 
 
 def timed_mask(kind: str, model: nn.Module, ctx: UnlearnContext, ratio: float, mu: float) -> dict[str, Any]:
-    """{"mask": the weight mask of `kind` on `model` (θo), on CPU; "seconds": the time it took}."""
-    start = time.perf_counter()
-    mask = weight_mask(kind, model, ctx.task, ctx.forget, ctx.retain, ctx.runtime, ratio, mu)
-    return {"mask": {n: m.cpu() for n, m in mask.items()}, "seconds": time.perf_counter() - start}
+    """{"mask": the weight mask of `kind` on `model` (θo), on CPU; "seconds", "cpu_seconds": the time it took}."""
+    with Stopwatch() as clock:
+        mask = weight_mask(kind, model, ctx.task, ctx.forget, ctx.retain, ctx.runtime, ratio, mu)
+    return {"mask": {n: m.cpu() for n, m in mask.items()}, **clock.payload()}
 
 
 def concat_batches(*batches: Optional[Batch]) -> Batch:

@@ -4,6 +4,7 @@ It reuses the cached oracle, and reports the oracle's training time as its RTE."
 from torch import nn
 
 from unlearn.methods.base import Method, UnlearnContext
+from unlearn.runtime import Clock
 
 
 class Retrain(Method):
@@ -13,5 +14,5 @@ class Retrain(Method):
     def unlearn(self, ctx: UnlearnContext) -> nn.Module:
         return ctx.oracle()
 
-    def reported_seconds(self, measured: float, ctx: UnlearnContext) -> float:
-        return ctx.oracle_seconds
+    def reported_seconds(self, measured: Clock, ctx: UnlearnContext) -> Clock:
+        return Clock(ctx.oracle_seconds, ctx.oracle_cpu_seconds)

@@ -16,7 +16,6 @@ over retraining every shard from scratch (in sample-passes).
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ from unlearn.codehash import code_digest
 from unlearn.errors import ConfigError
 from unlearn.knobs import COUNT, OneOf, Range
 from unlearn.methods.base import Method, OriginalTrainer, UnlearnContext
-from unlearn.runtime import derive_seed
+from unlearn.runtime import Clock, Stopwatch, derive_seed
 
 AGGREGATES = ("vote", "mean")
 
@@ -82,7 +81,7 @@ class Sisa(Method):
         self.epochs = None if epochs is None else int(epochs)
         self._trainers: dict[int, OriginalTrainer] = {}
         self._figures: dict[str, float] = {}
-        self._cached_dirty_seconds = 0.0
+        self._cached_dirty_seconds = Clock(0.0, 0.0)
 
     # ---- the sharded model --------------------------------------------------------------------
     def _plan(self, trainer: OriginalTrainer) -> list[list[np.ndarray]]:
@@ -99,7 +98,7 @@ class Sisa(Method):
         fields = self._stage_fields(trainer)
         models, keys = [], []
         figures = {"shards_retrained": 0, "stages_retrained": 0, "request_passes": 0, "full_passes": 0}
-        self._cached_dirty_seconds = 0.0
+        self._cached_dirty_seconds = Clock(0.0, 0.0)
         for s, slices in enumerate(self._plan(trainer)):
             retained = [np.setdiff1d(sl, deleted) for sl in slices]
             state, shard_keys, seen, dirty_shard = None, [], 0, False
@@ -117,7 +116,7 @@ class Sisa(Method):
                     figures["stages_retrained"] += 1
                     figures["request_passes"] += payload["passes"]
                     if cached:  # made by an earlier run: its recorded training time is this request's cost
-                        self._cached_dirty_seconds += payload["seconds"]
+                        self._cached_dirty_seconds += Clock.of(payload)
             figures["shards_retrained"] += dirty_shard
             keys.append(shard_keys)
             if seen:  # a shard whose every example was deleted has no model left
@@ -135,14 +134,14 @@ class Sisa(Method):
         if state is not None:
             model.load_state_dict(state)
         if len(indices) == 0:  # nothing retained yet in this shard's first slices: the untrained start
-            return {"state_dict": _cpu_state(model), "passes": 0, "seconds": 0.0}
+            return {"state_dict": _cpu_state(model), "passes": 0, "seconds": 0.0, "cpu_seconds": 0.0}
         recipe = dataclasses.replace(trainer.recipe, epochs=epochs)
         torch.manual_seed(derive_seed(trainer.model_seed, "sisa", str(shard), str(stage)))
-        start = time.perf_counter()
-        trainer.task.fit(model, trainer.train.subset(indices), recipe, trainer.runtime,
-                         trainer.runtime.generator(trainer.model_seed, "sisa", str(shard), str(stage)),
-                         desc=f"sisa shard {shard + 1} stage {stage + 1}", on_epoch=trainer.on_epoch)
-        return {"state_dict": _cpu_state(model), "passes": epochs * len(indices), "seconds": time.perf_counter() - start}
+        with Stopwatch() as clock:
+            trainer.task.fit(model, trainer.train.subset(indices), recipe, trainer.runtime,
+                             trainer.runtime.generator(trainer.model_seed, "sisa", str(shard), str(stage)),
+                             desc=f"sisa shard {shard + 1} stage {stage + 1}", on_epoch=trainer.on_epoch)
+        return {"state_dict": _cpu_state(model), "passes": epochs * len(indices), **clock.payload()}
 
     # ---- the Method interface -----------------------------------------------------------------
     def build_original(self, trainer: OriginalTrainer) -> tuple[nn.Module, str]:
@@ -160,7 +159,7 @@ class Sisa(Method):
         self._figures = {k: float(v) for k, v in figures.items()}
         return unlearned
 
-    def reported_seconds(self, measured: float, ctx: UnlearnContext) -> float:
+    def reported_seconds(self, measured: Clock, ctx: UnlearnContext) -> Clock:
         return measured + self._cached_dirty_seconds
 
     def run_metrics(self) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """The original trained in a second Python process beside the oracle (`parallel_training`).
 
 Small models use a second thread poorly (t2i_tiny's step: 157 ms on one thread, 128 ms on two), so two models on
-one thread each finish sooner than one after another on two. Each model is trained by the same code, seeds and
-thread count as a `threads=1` run, so it is that run's model. The process is a fresh interpreter (`CHILD`), not a
+one thread each finish sooner than one after another on two. Each process trains on the run's `threads`, so the
+original is the model the run would train alone (same code, seeds and thread count: the same cache key), and the
+choice changes only how long the run takes. The process is a fresh interpreter (`CHILD`), not a
 multiprocessing child, which would re-run the calling script's top level.
 """
 from __future__ import annotations
@@ -44,12 +45,13 @@ class Beside:
     def why_not(self, model_seed: int) -> str | None:
         """Why `model_seed`'s original is not trained beside the oracle; None when it is."""
         store, cfg = self.store, self.store.cfg
-        threads = torch.get_num_threads()
+        threads, cores = store.runtime.threads, available_cores()
         return first_reason([
             (lambda: cfg.get("parallel_training", "auto") is False, "parallel_training=false"),
             (lambda: store.runtime.device.type != "cpu", "not on a CPU"),
             (lambda: store.runtime.world_size > 1, "a data-parallel launch"),
-            (lambda: threads < 2, f"{threads} thread"),
+            (lambda: cores < 2 * threads, f"{cores} core{'s' * (cores > 1)} for two processes of {threads} "
+                                          f"thread{'s' * (threads > 1)}"),
             (lambda: bool(store.checkpoints), "a published original or oracle"),
             (store.builds_own_original, "the method builds its own original"),
             (lambda: store.request.builder.needs_original, "the forget set depends on the original"),
@@ -73,32 +75,25 @@ class Beside:
         store = self.store
         if store.cfg.get("parallel_training", "auto") is True:
             return None
-        from torch.utils.flop_counter import FlopCounterMode
-
-        train = store.request.data()[0].train
-        batch = next(iter(train.batches(8)))
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), FlopCounterMode(display=False) as counter:
-            store.task.loss(store.new_model(model_seed, "probe"), batch)
-        # A training step costs about three forward passes.
-        flop = 3 * counter.get_total_flops() / len(next(iter(batch.values()))) * len(train) * store.recipe.epochs
+        flop = store.training_flop()[1]
         if flop < BESIDE_MIN_FLOP:
             return f"a short training ({flop:.1e} FLOP < {BESIDE_MIN_FLOP:.0e}; parallel_training=true forces it)"
         return None
 
     @contextlib.contextmanager
     def original_beside_oracle(self, model_seed: int) -> Iterator[bool]:
-        """Start training `model_seed`'s original in a second process with half the threads, keep the other half
-        here for the oracle, and yield True; yield False (nothing started) when `why_not` gives a reason."""
+        """Start training `model_seed`'s original in a second process on the run's threads while this one trains the
+        oracle, and yield True; yield False (nothing started) when `why_not` gives a reason."""
         if self.why_not(model_seed) is not None:
             yield False
             return
         store = self.store
         key = store.dense_original_key(model_seed)
-        threads = torch.get_num_threads()
+        threads = store.runtime.threads
         with tempfile.TemporaryDirectory(prefix="unlearn-original-") as tmp:
             job = Path(tmp)
             torch.save({"config": OmegaConf.to_container(store.cfg, resolve=True), "cache_root": str(store.cache.root),
-                        "cache_enabled": store.cache.enabled, "model_seed": model_seed, "threads": threads // 2},
+                        "cache_enabled": store.cache.enabled, "model_seed": model_seed, "threads": threads},
                        job / "job.pt")
             package_root = str(Path(__file__).resolve().parents[2])
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
@@ -106,13 +101,11 @@ class Beside:
                 process = subprocess.Popen([sys.executable, "-c", CHILD, str(job)], env=env,
                                            stdout=subprocess.DEVNULL, stderr=stderr)
             self._running[key] = process, job
-            log.info("the original trains in a second process (%d thread%s) while the oracle trains here (%d)",
-                     threads // 2, "s" * (threads // 2 > 1), threads - threads // 2)
-            torch.set_num_threads(threads - threads // 2)
+            log.info("the original trains in a second process while the oracle trains here (%d thread%s each)",
+                     threads, "s" * (threads > 1))
             try:
                 yield True
             finally:
-                torch.set_num_threads(threads)
                 self._running.pop(key, None)
                 if process.poll() is None:
                     process.kill()
@@ -134,6 +127,14 @@ class Beside:
         for stage, epoch, loss in result["epochs"] if on_epoch is not None else ():
             on_epoch(stage, epoch, loss)
         return result["payload"]
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform says, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def train_original(job: Path) -> None:

@@ -35,7 +35,7 @@ from unlearn.pipeline.step import Step
 from unlearn.pipeline.store import EpochCallback, ModelStore
 from unlearn.report.loggers import Logger, record_row
 from unlearn.report.row import environment, summary_table
-from unlearn.runtime import Runtime
+from unlearn.runtime import Clock, Runtime, auto_threads
 from unlearn.tasks.base import Splits, Task
 from unlearn.training import OptimConfig
 
@@ -52,7 +52,7 @@ class Artifacts:
     original_key: str
     oracle: nn.Module | None
     oracle_key: str | None
-    oracle_seconds: float
+    oracle_time: Clock  # the oracle's training time (wall and CPU), as recorded when it was trained
     timings: dict[str, Any]
 
 
@@ -97,6 +97,8 @@ class Experiment:
         if source_check is not None:
             source_check(self.model_config)
         self.method.check_weights(self.models.probe_model)
+        if cfg.get("threads", "auto") == "auto":  # after every refusal: the estimate builds the data
+            self.runtime.use_threads(auto_threads(self.runtime.device, lambda: self.models.training_flop()[0]))
 
     def _check_settings(self) -> None:
         cfg, published = self.cfg, self.models.checkpoints
@@ -166,7 +168,7 @@ class Experiment:
             if self.builder.needs_original:
                 self._timed_forget(original, original_key, timings)
             oracle, oracle_key, payload = self._timed_oracle(model_seed, original_payload.get("masks"), timings, on_epoch)
-        return Artifacts(model_seed, original, original_key, oracle, oracle_key, payload["train_seconds"], timings)
+        return Artifacts(model_seed, original, original_key, oracle, oracle_key, Clock.of(payload, "train_"), timings)
 
     def _timed_forget(self, original: nn.Module | None, original_key: str | None, timings: dict[str, Any]) -> None:
         t0 = time.perf_counter()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
@@ -20,7 +19,7 @@ from unlearn.methods.base import UnlearnContext
 from unlearn.models.pruning import masks_of
 from unlearn.pipeline.populations import finite_model, member_seeds
 from unlearn.pipeline.store import EpochCallback, seed_stage
-from unlearn.runtime import derive_seed
+from unlearn.runtime import Clock, Stopwatch, derive_seed
 from unlearn.tasks.base import Splits
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ class MethodStage:
 
     def __init__(self, experiment: "Experiment"):
         self.x = experiment
-        self.building_seconds = 0.0  # wall time spent on a method's requests (kept out of its RTE)
+        self.building_seconds = Clock(0.0, 0.0)  # time spent on a method's requests (kept out of its RTE)
         # What those requests cost to make, cached or not (recorded in the row's timings as precompute_s).
         self.precompute_seconds: dict[str, float] = {}
         self._attribution: Attribution | None = None
@@ -43,28 +42,29 @@ class MethodStage:
         x = self.x
         return UnlearnContext(task=x.task, original=art.original, forget=splits.forget, retain=splits.retain,
                               runtime=x.runtime, generator=x.runtime.generator(art.model_seed, "method"),
-                              oracle=lambda: copy.deepcopy(art.oracle), oracle_seconds=art.oracle_seconds,
+                              oracle=lambda: copy.deepcopy(art.oracle), oracle_seconds=art.oracle_time.wall,
+                              oracle_cpu_seconds=art.oracle_time.cpu,
                               on_epoch=on_epoch, forget_indices=x.request.forget.indices,
                               attribution=self.attribution,
                               oracles=lambda n: self.matching_oracles(n, masks_of(art.original) or None),
                               artifact=lambda kind, fields, compute: self.artifact(art, kind, fields, compute))
 
     def unlearn(self, art: "Artifacts", splits: Splits,
-                on_epoch: EpochCallback | None = None) -> tuple[nn.Module | None, str, float]:
-        """(θu or None if the method diverged, status, RTE seconds)."""
+                on_epoch: EpochCallback | None = None) -> tuple[nn.Module | None, str, Clock]:
+        """(θu or None if the method diverged, status, RTE: wall and CPU seconds)."""
         method = self.x.method
         ctx = self.context(art, splits, on_epoch)
         seed_stage(art.model_seed, "method")
         building = self.building_seconds
-        start = time.perf_counter()
-        try:
-            unlearned, status = method.unlearn(ctx), "ok"
-            if not finite_model(unlearned):
-                raise DivergedError("the unlearned model has non-finite weights or buffers")
-        except DivergedError as exc:
-            log.warning("method %s diverged: %s", method.name, exc)
-            unlearned, status = None, "diverged"
-        measured = time.perf_counter() - start - (self.building_seconds - building)
+        with Stopwatch() as clock:
+            try:
+                unlearned, status = method.unlearn(ctx), "ok"
+                if not finite_model(unlearned):
+                    raise DivergedError("the unlearned model has non-finite weights or buffers")
+            except DivergedError as exc:
+                log.warning("method %s diverged: %s", method.name, exc)
+                unlearned, status = None, "diverged"
+        measured = clock.clock - (self.building_seconds - building)
         return unlearned, status, method.reported_seconds(measured, ctx)
 
     def artifact(self, art: "Artifacts", kind: str, fields: dict, compute: Callable[[], Any]) -> Any:
@@ -121,11 +121,11 @@ class MethodStage:
         the method draws the same numbers after it whether it was computed or loaded. (Without the fork, SalUn on
         a diffusion task trained differently after computing its mask, whose loss draws noise, than after
         loading it.)"""
-        start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            try:
+        clock = Stopwatch()
+        try:
+            with clock, torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(seed)
                 yield
-            finally:
-                self.building_seconds += time.perf_counter() - start
+        finally:
+            self.building_seconds += clock.clock

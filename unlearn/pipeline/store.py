@@ -8,7 +8,6 @@ oracle (`beside.py`), or stacked with other population members (`populations.py`
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -22,7 +21,7 @@ from unlearn.errors import ConfigError
 from unlearn.methods.base import Method, OriginalTrainer
 from unlearn.models import checkpoints
 from unlearn.models.pruning import Pruner, apply_masks, masks_of, sparsity
-from unlearn.runtime import Runtime, derive_seed
+from unlearn.runtime import Runtime, Stopwatch, derive_seed
 from unlearn.tasks.base import Task
 from unlearn.training import OptimConfig
 
@@ -62,6 +61,7 @@ class ModelStore:
                             for role in checkpoints.ROLES if cfg.get(role) is not None and cfg[role].get("path")}
         self._published: dict[str, tuple[nn.Module, str]] = {}
         self._training_code: str | None = None
+        self._flop: tuple[float, float] | None = None
         self.stack: "Stack" = None  # set by the Experiment that composes the stages
         self.beside: "Beside" = None
 
@@ -108,16 +108,43 @@ class ModelStore:
                 on_epoch(name, epoch, loss)
 
         seed_stage(model_seed, stage)
-        start = time.perf_counter()
-        self.task.fit(model, train_set, self.recipe, self.runtime, self.runtime.generator(model_seed, stage),
-                      desc=stage, on_epoch=after_epoch)
+        with Stopwatch() as clock:
+            self.task.fit(model, train_set, self.recipe, self.runtime, self.runtime.generator(model_seed, stage),
+                          desc=stage, on_epoch=after_epoch)
         return {"state_dict": state_dict(model), "masks": masks, "checkpoint": checkpoint or None,
-                "model_config": self.model_config, "train_seconds": time.perf_counter() - start}
+                "model_config": self.model_config, **clock.payload("train_")}
+
+    def training_flop(self) -> tuple[float, float]:
+        """(FLOP of one training step, of the whole recipe) of this config's original: a forward of one batch
+        counted by torch's FLOP counter (on the meta device where the loss allows it), a step taken as three
+        forwards. An estimate from the config alone (`threads=auto`, `parallel_training=auto` use it)."""
+        if self._flop is None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            train = self.request.data()[0].train
+            batch = next(iter(train.batches(self.recipe.batch_size)))
+            size = len(next(iter(batch.values())))
+            counter = FlopCounterMode(display=False)
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                try:  # free where the loss never reads a value (.item()) back
+                    probe = self.probe_model()
+                    if probe is None:
+                        raise RuntimeError("no meta model")
+                    with counter:
+                        self.task.loss(probe, {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()})
+                except Exception:  # noqa: BLE001 - count on the real model instead
+                    counter = FlopCounterMode(display=False)
+                    with counter:
+                        self.task.loss(self.new_model(self.seed, "probe"), batch)
+            step = 3 * counter.get_total_flops()
+            self._flop = step, step / size * len(train) * self.recipe.epochs
+        return self._flop
 
     # ---- keys -----------------------------------------------------------------------------------
     def common_key_fields(self, model_seed: int) -> dict[str, Any]:
         """What a trained model depends on: data, model, task (loss and augmentation knobs), recipe, seed,
-        precision, and the code of the loss, the model, the training loop and the seeding."""
+        precision, the CPU threads that train it (they change its rounding), and the code of the loss, the model,
+        the training loop and the seeding."""
         if self._training_code is None:
             self._training_code = code_digest(self.task.fit, self.task.loss, self.task.augment, target_of(self.cfg.model),
                                               ModelStore.train, Runtime, self.task.fit_stacked)
@@ -125,12 +152,12 @@ class ModelStore:
         model = {k: v for k, v in self.model_config.items() if k != "lora"}
         return dict(data=self.request.data()[1], model=model, task=plain(self.cfg.data.task),
                     recipe=vars(self.recipe), seed=model_seed, precision=self.runtime.precision,
-                    code=self._training_code)
+                    threads=self.runtime.key_threads, code=self._training_code)
 
     def trained_key_fields(self, model_seed: int) -> dict[str, Any]:
         """The pipeline's own originals and oracles: the common fields, and whether the model is a stacked member.
         A stacked member equals the member trained alone up to float rounding after a few steps, but a full recipe
-        amplifies the rounding into a visibly different model of the same seed (README "Populations trained
+        amplifies the rounding into a visibly different model of the same seed (docs/populations.md, "Populations trained
         stacked"), so stacked members have keys of their own, shared by every stacked run whatever its N."""
         return self.common_key_fields(model_seed) | ({"stacked": True} if self.stack.member(model_seed) else {})
 
@@ -173,11 +200,11 @@ class ModelStore:
             self.task.fit(model, data.train, self.recipe, self.runtime, generator, desc="sparse original", on_epoch=on_epoch)
 
         seed_stage(model_seed, "sparse-original")
-        start = time.perf_counter()
-        model = self.pruner.prune(self.model_from_state(dense), rewind_state, train)
+        with Stopwatch() as clock:
+            model = self.pruner.prune(self.model_from_state(dense), rewind_state, train)
         log.info("sparse original: %.1f%% of conv weights are zero", 100 * sparsity(model))
         return {"state_dict": state_dict(model), "masks": masks_of(model), "model_config": self.model_config,
-                "train_seconds": time.perf_counter() - start}
+                **clock.payload("train_")}
 
     def original_model(self, model_seed: int, on_epoch=None) -> tuple[nn.Module, str, Payload, bool]:
         """(θo, its identity, its payload, cached): published, the method's own where it builds one (exact
@@ -213,7 +240,7 @@ class ModelStore:
         """(θr, its identity, its payload, cached): published, or the retrain (`oracle`)."""
         if self.published("oracle") is not None:
             model, key = self.published("oracle")
-            return model, key, {"train_seconds": float("nan")}, True
+            return model, key, {"train_seconds": float("nan"), "train_cpu_seconds": float("nan")}, True
         payload, key, cached = self.oracle(model_seed, masks, on_epoch)
         return self.model_from_state(payload), key, payload, cached
 

@@ -30,7 +30,7 @@ from unlearn.pipeline.step import unlearned_identity
 from unlearn.pipeline.store import seed_stage
 from unlearn.report.loggers import Logger
 from unlearn.report.compare import steps_table
-from unlearn.runtime import derive_seed
+from unlearn.runtime import Clock, derive_seed
 from unlearn.tasks.base import Splits
 
 KINDS = ("ids", "classes", "concepts")
@@ -200,7 +200,7 @@ class Sequence:
         timings = {"original_s": time.perf_counter() - t0, "original_cached": original_cached}
 
         model, identity, status = original, original_key, "ok"
-        totals = {"unlearned": 0.0, "oracle": 0.0}
+        totals = {"unlearned": Clock(0.0, 0.0), "oracle": Clock(0.0, 0.0)}
         rows = []
         for k in range(1, self.steps + 1):
             request, cum = requests[k - 1], self.cumulative(requests[:k], data)
@@ -214,9 +214,9 @@ class Sequence:
                 oracle, oracle_key, oracle_payload, oracle_cached = experiment.models.oracle_model(model_seed, masks,
                                                                                                  on_epoch)
             else:
-                oracle_payload, oracle_key, oracle_cached, oracle = {"train_seconds": float("nan")}, None, False, None
+                oracle_payload, oracle_key, oracle_cached, oracle = {}, None, False, None
             step_timings = timings | {"oracle_s": time.perf_counter() - t0, "oracle_cached": oracle_cached}
-            art = Artifacts(model_seed, model, identity, oracle, oracle_key, oracle_payload["train_seconds"],
+            art = Artifacts(model_seed, model, identity, oracle, oracle_key, Clock.of(oracle_payload, "train_"),
                             step_timings)
             splits = self._splits(data, request, cum)
             before = model
@@ -225,13 +225,13 @@ class Sequence:
                 return self._stream_metrics(experiment, m, before if role == "unlearned" else original, splits,
                                             earlier, request, cum)
 
-            def finish(metrics, original_metrics, oracle_metrics, seconds):
+            def finish(metrics, original_metrics, oracle_metrics, seconds, art=art):
                 totals["unlearned"] += seconds
-                totals["oracle"] += oracle_payload["train_seconds"]
-                metrics["cum_RTE_s"] = totals["unlearned"]
-                original_metrics["cum_RTE_s"] = float("nan")
+                totals["oracle"] += art.oracle_time
+                metrics |= {"cum_RTE_s": totals["unlearned"].wall, "cum_RTE_cpu_s": totals["unlearned"].cpu}
+                original_metrics |= {"cum_RTE_s": float("nan"), "cum_RTE_cpu_s": float("nan")}
                 if oracle_metrics:
-                    oracle_metrics["cum_RTE_s"] = totals["oracle"]
+                    oracle_metrics |= {"cum_RTE_s": totals["oracle"].wall, "cum_RTE_cpu_s": totals["oracle"].cpu}
 
             step_dir = Path(run_dir) / f"step_{k}" if run_dir is not None else None
             fields = {"scenario": self.name, "step": k, "steps": self.steps, "request": request.description,
