@@ -98,3 +98,18 @@ def test_the_steps_command_prints_a_streams_table(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| sisa" in text and out.read_text() == text and (tmp_path / "steps.png").stat().st_size > 10_000
     assert main(["steps", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_every_part_of_the_evaluation_is_logged_when_it_starts(run_experiment, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="unlearn"):
+        run_experiment("method=ga", "method.epochs=1", "attack=relearn", "attack.steps=1")
+    lines = [r.getMessage() for r in caplog.records]
+    starts = [line for line in lines if line.startswith("evaluation: ") and line.endswith(" ...")]
+    assert starts == [f"evaluation: {part} ..." for part in (
+        "the original", "the oracle", "the unlearned model (ga)", "relearn attack on the unlearned model",
+        "relearn attack on the original", "relearn attack on the oracle")]
+    for start in starts:  # each logged before its work, its time after
+        done = next(i for i, line in enumerate(lines) if line.startswith(start[:-4] + ": done in "))
+        assert lines.index(start) < done

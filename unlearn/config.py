@@ -1,6 +1,8 @@
 """Hydra's `_target_` is the registry: a config group's choice names the class to build."""
 from __future__ import annotations
 
+import difflib
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -55,11 +57,46 @@ def check_node(node: DictConfig) -> None:
             missing = re.search(r"Missing mandatory value: ([\w.]+)", str(exc))
             key = missing.group(1) if missing else (getattr(exc, "full_key", None) or _where(node))
             raise ConfigError(f"{key} has no value and needs one (give {key}=...)") from None
-        check_knobs(target, {k: v for k, v in resolved.items() if not str(k).startswith("_")}, _where(node))
+        settings = {k: v for k, v in resolved.items() if not str(k).startswith("_")}
+        check_knobs(target, settings, _where(node))
+        _check_names(target, node, settings)
     for key in node:
         child = node._get_node(key)
         if isinstance(child, DictConfig):
             check_node(child)
+
+
+def did_you_mean(name: str, valid) -> str:
+    """'; did you mean X?' for the closest of `valid` to `name`, else ''."""
+    close = difflib.get_close_matches(name, [str(v) for v in valid], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _check_names(target: Any, node: DictConfig, settings: dict) -> None:
+    """Refuse a key `target` does not take (`+method.lrr=0.1`: it would fail as a TypeError after the run dir was
+    made) with the closest valid name, and a setting it needs that is null (`data=tofu` without `original.path`,
+    which `model.name` follows), naming the key the user sets."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return
+    params = signature.parameters
+    where = _where(node)
+    prefix = f"{where}." if where else ""
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        for key in settings:
+            if key not in params:
+                valid = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+                raise ConfigError(f"{prefix}{key} is not a setting of {where or 'this node'} "
+                                  f"({getattr(target, '__name__', target)}){did_you_mean(key, valid)} "
+                                  f"valid: {', '.join(valid)}")
+    for key, param in params.items():
+        if key in settings and settings[key] is None and param.default is inspect.Parameter.empty:
+            source = node._get_node(key)._value() if isinstance(node._get_node(key)._value(), str) else None
+            follows = re.fullmatch(r"\$\{([\w.]+)\}", source or "")
+            hint = (f"; it follows {follows.group(1)}: give {follows.group(1)}=<a local folder or hub id>" if follows
+                    else f"; give {prefix}{key}=...")
+            raise ConfigError(f"{prefix}{key} is null, and {where or 'this node'} needs it{hint}")
 
 
 def _where(node: DictConfig) -> str:
@@ -98,5 +135,57 @@ def check_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
         valid = sorted(p.stem for p in group.glob("*.yaml"))
         for choice in value.split(","):
             if choice not in valid and choice != "null":
-                raise ConfigError(f"{key}={choice} is not a {key} config; valid: {', '.join(valid)}")
+                raise ConfigError(f"{key}={choice} is not a {key} config{did_you_mean(choice, valid)} "
+                                  f"valid: {', '.join(valid)}")
+    check_keys(overrides, conf_dir)
+
+
+def check_keys(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Refuse `key=value` naming no key of the composed config (`method.lrr=0.1`), with the closest valid key,
+    before Hydra starts (its own error is a traceback-like page with exit 1). Sweeps are checked on their first
+    value; `+key` (adding) is checked when the node is built; anything Hydra cannot parse is left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
+    except Exception:  # noqa: BLE001 - Hydra reports its own syntax errors
+        return
+    groups, keys = [], []
+    for o in parsed:
+        name = o.key_or_group
+        if name.startswith("hydra") or o.type is not OverrideType.CHANGE:
+            continue
+        if (conf_dir / name).is_dir():
+            first = next(iter(o.sweep_string_iterator()), None) if o.is_sweep_override() else o.value()
+            groups.append(f"{name}={first}")
+        else:
+            keys.append(name)
+    if not keys:
+        return
+    try:
+        cfg = compose_config(*groups)
+    except Exception:  # noqa: BLE001 - a composition error is Hydra's to report
+        return
+    missing = object()
+    for key in keys:
+        if OmegaConf.select(cfg, key, default=missing, throw_on_missing=False) is not missing:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        if not isinstance(node, DictConfig):
+            continue  # a deeper path Hydra names better
+        valid = [str(k) for k in node.keys() if not str(k).startswith("_")]
+        where = f"{parent} ({groups_choice(groups, parent)})" if parent else "the config"
+        raise ConfigError(f"{key} is not a key of {where}{did_you_mean(leaf, valid)} valid: {', '.join(valid)}")
+
+
+def groups_choice(groups: list[str], parent: str, conf_dir: Path = CONF_DIR) -> str:
+    """The choice of `parent`'s group: the override's (method=ga -> 'ga'), else conf/config.yaml's default."""
+    head = parent.split(".")[0]
+    chosen = next((g.split("=", 1)[1] for g in groups if g.split("=", 1)[0] == head), None)
+    if chosen is None:
+        defaults = OmegaConf.load(conf_dir / "config.yaml").get("defaults", [])
+        chosen = next((str(d[head]) for d in defaults if isinstance(d, DictConfig) and head in d), "default")
+    return f"{head}={chosen}"
 

@@ -17,7 +17,6 @@ takes them as the forget request, so the original learns forget ∪ retain and t
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,6 +27,7 @@ import torch
 from unlearn.data.facts import IGNORE, REFUSALS, load_tokenizer
 from unlearn.data.forget import ForgetBuilder, ForgetSet, Reference
 from unlearn.data.tensordata import DataBundle, TensorData
+from unlearn.hub import why_unreachable
 from unlearn.errors import ConfigError, DataNotFoundError
 from unlearn.knobs import COUNT, NON_NEGATIVE_INT, OneOf, Range
 
@@ -76,10 +76,6 @@ class Table:
         return None
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def read_tables(tables: dict[str, Table], root: str | None, download: bool, benchmark: str) -> dict:
     """Each table as a pandas DataFrame: from `root` in the benchmark's layout, else (when `download` and the
     machine is not offline) from the hub. Whatever is found nowhere is named in one DataNotFoundError."""
@@ -87,6 +83,7 @@ def read_tables(tables: dict[str, Table], root: str | None, download: bool, benc
 
     base = Path(root).expanduser() if root else None
     frames, missing, reasons = {}, [], []
+    unreachable = None
     for name, table in tables.items():
         files = table.find(base)
         if files is not None:
@@ -94,7 +91,9 @@ def read_tables(tables: dict[str, Table], root: str | None, download: bool, benc
                             if table.layout == "jsonl" else pd.concat([pd.read_parquet(f) for f in files],
                                                                       ignore_index=True))
             continue
-        if download and not _offline():
+        if download and unreachable is None:
+            unreachable = why_unreachable() or ""
+        if download and not unreachable:
             try:
                 frames[name] = _from_hub(table)
                 continue
@@ -105,7 +104,8 @@ def read_tables(tables: dict[str, Table], root: str | None, download: bool, benc
         where = base if base is not None else Path("<data.root>")
         lines = "\n".join(f"  {' or '.join(str(p) for p in t.candidates(where))}   (hub: {t.hub}, config {t.config})"
                           for t in missing)
-        how = ("downloading is off (data.source.download=false or HF_HUB_OFFLINE)" if not download or _offline()
+        how = ("downloading is off (data.source.download=false)" if not download
+               else f"the hub cannot be used from here ({unreachable})" if unreachable
                else "the hub could not be reached:\n  " + "\n  ".join(reasons))
         raise DataNotFoundError(
             f"{benchmark}: {len(missing)} file(s) not found and {how}. Expected:\n{lines}\n"

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from unlearn.hub import why_unreachable
 from unlearn.errors import ConfigError
 
 ROLES = ("original", "oracle")
@@ -56,13 +57,14 @@ def resolve(role: str, path: str, revision: str | None = None) -> Checkpoint:
                           f"nor a hub id such as owner/name)")
     from huggingface_hub import snapshot_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    unreachable = why_unreachable()  # then only the hub's local cache can serve it, without a minute of retries
     try:
-        folder = Path(snapshot_download(path, revision=revision, local_files_only=offline))
+        folder = Path(snapshot_download(path, revision=revision, local_files_only=unreachable is not None))
     except Exception as exc:  # not a repo id, no network, gated, unknown revision: all the same to the user
+        why = f"the hub cannot be used from here: {unreachable}" if unreachable else f"{type(exc).__name__}: {exc}"
         raise ConfigError(f"{role}.path={path!r} is neither a file or folder on this machine nor a hub model that can "
-                          f"be fetched from here ({type(exc).__name__}: {exc}); give a folder saved with "
-                          f"save_pretrained, a state-dict file, or a hub id on a machine with network") from None
+                          f"be fetched from here ({why}); give a folder saved with save_pretrained, a state-dict "
+                          f"file, or a hub id on a machine with network") from None
     return Checkpoint(role, path, revision, folder,
                       {"hub": path, "revision": folder.name, "files": _file_hashes(folder)})
 

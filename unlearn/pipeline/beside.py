@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -118,6 +119,7 @@ class Beside:
         """The original trained in the second process (waits for it); its epochs are reported now. If that process
         failed, the original trains here (`train_here`), which raises the error again if it is the training's own."""
         process, job = self._running.pop(key)
+        self._wait(process, job)
         if process.wait() != 0 or not (job / "result.pt").exists():
             tail = (job / "stderr.txt").read_text(errors="replace").strip().splitlines()[-3:]
             log.warning("the original's second process failed (exit %s: %s); training it here", process.returncode,
@@ -127,6 +129,21 @@ class Beside:
         for stage, epoch, loss in result["epochs"] if on_epoch is not None else ():
             on_epoch(stage, epoch, loss)
         return result["payload"]
+
+
+    def _wait(self, process: subprocess.Popen, job: Path) -> None:
+        """Wait for the second process, with a bar of the epochs it has finished (it writes one line per epoch)."""
+        from tqdm.auto import tqdm
+
+        if process.poll() is not None:
+            return
+        log.info("waiting for the original's second process")
+        progress = job / "epochs.txt"
+        with tqdm(total=self.store.recipe.epochs, desc="original (second process)", leave=False, disable=None) as bar:
+            while process.poll() is None:
+                done = len(progress.read_text().splitlines()) if progress.exists() else 0
+                bar.update(done - bar.n)
+                time.sleep(0.5)
 
 
 def available_cores() -> int:
@@ -147,6 +164,11 @@ def train_original(job: Path) -> None:
     experiment: Experiment = Experiment(OmegaConf.create({**spec["config"], "threads": spec["threads"]}),
                                         Cache(spec["cache_root"], enabled=spec["cache_enabled"]))
     epochs: list[tuple[str, int, float]] = []
-    payload = experiment.models.train(spec["model_seed"], experiment.data()[0].train, "original",
-                                      lambda stage, epoch, loss: epochs.append((stage, epoch, loss)))
+
+    def on_epoch(stage: str, epoch: int, loss: float) -> None:
+        epochs.append((stage, epoch, loss))
+        with open(job / "epochs.txt", "a") as progress:  # the parent's progress bar reads it
+            progress.write(f"{epoch}\n")
+
+    payload = experiment.models.train(spec["model_seed"], experiment.data()[0].train, "original", on_epoch)
     torch.save({"payload": payload, "epochs": epochs}, job / "result.pt")

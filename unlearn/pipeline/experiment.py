@@ -32,7 +32,7 @@ from unlearn.pipeline.method_stage import MethodStage
 from unlearn.pipeline.populations import Stack, member_seeds
 from unlearn.pipeline.request import Request
 from unlearn.pipeline.step import Step
-from unlearn.pipeline.store import EpochCallback, ModelStore
+from unlearn.pipeline.store import EpochCallback, ModelStore, find_published
 from unlearn.report.loggers import Logger, record_row
 from unlearn.report.row import environment, summary_table
 from unlearn.runtime import Clock, Runtime, auto_threads
@@ -69,6 +69,8 @@ class Experiment:
         # Everything that can be refused is checked and built first, so bad input fails before any training:
         # every knob of every node against its declared range (unlearn/knobs.py), then the objects themselves.
         check_node(cfg)
+        # Before the task, whose tokenizer may be the published model's: a path that is nowhere is named first.
+        published = find_published(cfg)
         self.task: Task = build(cfg.data.task)
         self.builder: ForgetBuilder = build(cfg.forget)
         self.method: Method = build(cfg.method)
@@ -86,7 +88,7 @@ class Experiment:
             self.attack.check(self.task)
         self.request = Request(cfg, self.task, self.builder, self.runtime, self.cache)
         self.models = ModelStore(cfg, self.task, self.method, self.runtime, self.cache, self.recipe, self.pruner,
-                                 self.request)
+                                 self.request, published)
         self.stack = self.models.stack = Stack(self.models)
         self.beside = self.models.beside = Beside(self.models)
         self.stage = MethodStage(self)

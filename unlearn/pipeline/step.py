@@ -22,6 +22,7 @@ from unlearn.eval.population import population_metric_names
 from unlearn.models.pruning import sparsity
 from unlearn.pipeline.populations import population
 from unlearn.pipeline.store import EpochCallback
+from unlearn.progress import Stages
 from unlearn.report.loggers import Logger, write_json_atomic
 from unlearn.report.row import make_row
 from unlearn.runtime import Clock
@@ -74,29 +75,9 @@ class Step:
             method_figures = x.method.run_metrics()
         refs = {"original": (self.original, self.original_key), "oracle": (art.oracle, art.oracle_key)}
         refs = {role: ref for role, ref in refs.items() if ref[0] is not None}
-        reference = {role: ev.reference(model, key, art, splits) for role, (model, key) in refs.items()}
-        if unlearned is not None:
-            metrics = ev.evaluate(unlearned, art.oracle, splits)
-            if not all(np.isfinite(v) for v in metrics.values()):
-                log.warning("method %s: the unlearned model's outputs are not finite (metrics %s); status diverged",
-                              x.method.name, sorted(k for k, v in metrics.items() if not np.isfinite(v)))
-                status = "diverged"
-        else:
-            metrics = {name: float("nan") for name in reference.get("oracle") or reference["original"]}
-        metrics |= method_figures
-        # Metrics of the request relative to the original and the oracle (RESTOR's recovery); none for most.
-        relative = lambda m: x.builder.relative(m, reference["original"], reference.get("oracle", {}))  # noqa: E731
-        metrics |= relative(metrics)
-        reference = {role: values | relative(values) for role, values in reference.items()}
-        if self.extra is not None:
-            if unlearned is not None:
-                metrics |= self.extra(unlearned, "unlearned")
-            reference = {role: values | self.extra(refs[role][0], role) for role, values in reference.items()}
-        if x.attack is not None:  # the same probe of θu, θo and θr, scored under its prefix (DESIGN.md, "Attacks")
-            names = list(reference.get("oracle") or reference["original"])
-            metrics |= ev.attacked(unlearned if status == "ok" else None, None, art, splits, names, self.original)
-            reference = {role: values | ev.attacked(refs[role][0], refs[role][1], art, splits, names, self.original)
-                         for role, values in reference.items()}
+        parts = (len(refs) + 1) * (1 + (x.attack is not None))
+        with Stages("evaluation", parts) as stages:
+            metrics, reference, status = self._evaluate(x, stages, refs, unlearned, status, method_figures)
         if x.pruner is not None:
             metrics["sparsity"] = sparsity(unlearned) if unlearned is not None else float("nan")
             reference = {role: values | {"sparsity": sparsity(refs[role][0])} for role, values in reference.items()}
@@ -123,6 +104,39 @@ class Step:
             self._write(x, Path(run_dir), unlearned, save_model)
         x.record(row, run_dir, loggers)
         return row, unlearned
+
+    def _evaluate(self, x: "Experiment", stages: Stages, refs: dict, unlearned: nn.Module | None, status: str,
+                  method_figures: dict[str, float]) -> tuple[dict[str, float], dict[str, dict[str, float]], str]:
+        """(θu's metrics, the references' metrics by role, the status): the task's metrics, the request's relative
+        ones, the scenario's own, and the attack's, of θu and of each reference, each part shown as it starts."""
+        art, splits, ev = self.art, self.splits, x.evaluator
+        reference = {role: stages.run(f"the {role}", lambda m=model, k=key: ev.reference(m, k, art, splits))
+                     for role, (model, key) in refs.items()}
+        if unlearned is not None:
+            metrics = stages.run(f"the unlearned model ({x.method.name})",
+                                 lambda: ev.evaluate(unlearned, art.oracle, splits))
+            if not all(np.isfinite(v) for v in metrics.values()):
+                log.warning("method %s: the unlearned model's outputs are not finite (metrics %s); status diverged",
+                              x.method.name, sorted(k for k, v in metrics.items() if not np.isfinite(v)))
+                status = "diverged"
+        else:
+            metrics = {name: float("nan") for name in reference.get("oracle") or reference["original"]}
+        metrics |= method_figures
+        # Metrics of the request relative to the original and the oracle (RESTOR's recovery); none for most.
+        relative = lambda m: x.builder.relative(m, reference["original"], reference.get("oracle", {}))  # noqa: E731
+        metrics |= relative(metrics)
+        reference = {role: values | relative(values) for role, values in reference.items()}
+        if self.extra is not None:
+            if unlearned is not None:
+                metrics |= self.extra(unlearned, "unlearned")
+            reference = {role: values | self.extra(refs[role][0], role) for role, values in reference.items()}
+        if x.attack is not None:  # the same probe of θu, θo and θr, scored under its prefix (DESIGN.md, "Attacks")
+            names = list(reference.get("oracle") or reference["original"])
+            metrics |= stages.run(f"{x.attack.prefix} attack on the unlearned model", lambda: ev.attacked(
+                unlearned if status == "ok" else None, None, art, splits, names, self.original))
+            reference = {role: values | stages.run(f"{x.attack.prefix} attack on the {role}", lambda r=role: ev.attacked(
+                refs[r][0], refs[r][1], art, splits, names, self.original)) for role, values in reference.items()}
+        return metrics, reference, status
 
     def _write(self, x: "Experiment", run_dir: Path, unlearned: nn.Module | None, save_model: bool) -> None:
         """The forget set (so it can be reused with forget=from_file, or published), the model, the pictures."""

@@ -39,6 +39,13 @@ def state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+def find_published(cfg: DictConfig) -> dict[str, checkpoints.Checkpoint]:
+    """The published original and oracle a config names (`original.path`, `oracle.path`), found and hashed
+    (ConfigError naming the path where one is neither on disk nor fetchable)."""
+    return {role: checkpoints.resolve(role, str(cfg[role].path), cfg[role].get("revision"))
+            for role in checkpoints.ROLES if cfg.get(role) is not None and cfg[role].get("path")}
+
+
 def seed_stage(model_seed: int, *stage: str) -> None:
     """Seed torch's global RNG per stage, so a stage draws the same numbers whether or not the stages before it
     ran or came from the cache."""
@@ -51,14 +58,15 @@ class ModelStore:
     population's stacked training and the second process, which hand their payloads back here."""
 
     def __init__(self, cfg: DictConfig, task: Task, method: Method, runtime: Runtime, cache: Cache,
-                 recipe: OptimConfig, pruner: Pruner | None, request: "Request"):
+                 recipe: OptimConfig, pruner: Pruner | None, request: "Request",
+                 published: dict[str, checkpoints.Checkpoint] | None = None):
         self.cfg, self.task, self.method, self.runtime, self.cache = cfg, task, method, runtime, cache
         self.recipe, self.pruner, self.request = recipe, pruner, request
         self.seed = int(cfg.seed)
         self.model_config = plain(cfg.model)
-        # Published originals / oracles (original.path, oracle.path): found and hashed now, loaded when first used.
-        self.checkpoints = {role: checkpoints.resolve(role, str(cfg[role].path), cfg[role].get("revision"))
-                            for role in checkpoints.ROLES if cfg.get(role) is not None and cfg[role].get("path")}
+        # Published originals / oracles (original.path, oracle.path): found and hashed now (or by the caller, as
+        # `published`), loaded when first used.
+        self.checkpoints = published if published is not None else find_published(cfg)
         self._published: dict[str, tuple[nn.Module, str]] = {}
         self._training_code: str | None = None
         self._flop: tuple[float, float] | None = None
