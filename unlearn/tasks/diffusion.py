@@ -145,7 +145,7 @@ class DiffusionTask(Task):
             raise ConfigError(f"data.task.num_classes={self.num_classes} but {data.name!r} has "
                               f"{data.info.get('num_classes')} classes")
         key = content_key("judge", code=code_digest(self._train_judge), data=data.fingerprint(), width=self.judge_width, recipe=vars(self.judge_recipe),
-                          seed=self.judge_seed)
+                          seed=self.judge_seed, threads=runtime.key_threads)  # threads: they change a CPU model
         payload, _ = cache.get_or_compute(key, lambda: self._train_judge(data, runtime), "judge classifier")
         log.info("judge classifier: %.1f%% accuracy on the real test images", payload["test_acc"])
         judge = SmallCNN(self.num_classes, int(data.train["x"].shape[1]), self.judge_width)
