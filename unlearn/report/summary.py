@@ -29,13 +29,14 @@ class Table:
     `summary` columns: n, then <m>_mean, <m>_std, <m>_ci95, <m>_gap (|mean over rows of (m − the row's own
     oracle's m)|: the papers' gap of means, each run paired with its own oracle; empty for metrics outside Avg. Gap)
     per metric, avg_gap_mean, avg_gap_std, avg_gap_ci95, rte_s,
-    rte_relative, diverged; indexed by label. `collapsed`: rows dropped as reruns of a configuration."""
+    rte_relative (RTE / Retrain in `rte_basis` seconds), diverged; indexed by label. `collapsed`: rows dropped as reruns of a configuration."""
     setting: dict
     metrics: list[str]
     gap_metrics: list[str]
     summary: pd.DataFrame
     commands: list[str]
     collapsed: int = 0
+    rte_basis: str = "wall"  # what rte_relative divides: "cpu" seconds (every row ran on a CPU) or "wall" seconds
 
     @property
     def title(self) -> str:
@@ -91,7 +92,7 @@ def _oracle_rows(members: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     one per distinct reference (`ref_oracle.<m>` of the metrics `names` shows, its training time aside: another
     stream or forget set has its own oracle); none where the rows carry no oracle."""
     real = members[members["method"] == ORACLE]
-    refs = [f"ref_oracle.{m}" for m in names if f"ref_oracle.{m}" in members and not m.endswith("RTE_s")]
+    refs = [f"ref_oracle.{m}" for m in names if f"ref_oracle.{m}" in members and not m.startswith("RTE_")]
     if not real.empty or not refs:
         return real
     ref = members[members[refs].notna().any(axis=1)].drop_duplicates(["seed", *refs])
@@ -110,8 +111,13 @@ def summarise(members: pd.DataFrame, setting: dict, by: str, extra: Sequence[str
     present = [m for m in metric_order if m in members and members[m].notna().any()]
     gap_metrics = [m for m in present if members.get(f"gap.{m}", pd.Series()).notna().any()]
     metrics = gap_metrics + [m for m in extra if m in present and m not in gap_metrics]
-    names = list(dict.fromkeys(metrics + [f"diff.{m}" for m in gap_metrics] + ["avg_gap", "RTE_s"]))
-    rows = pd.concat([_oracle_rows(members, metrics + ["RTE_s"]), members[members["method"] != ORACLE]], ignore_index=True)
+    # RTE / Retrain divides CPU seconds where every row ran on a CPU and has them (load moves wall time), else wall.
+    cpu = "RTE_cpu_s" in members and members["RTE_cpu_s"].notna().all() and \
+        members.get("rte_basis", pd.Series("wall", index=members.index)).eq("cpu").all()
+    clock = "RTE_cpu_s" if cpu else "RTE_s"
+    names = list(dict.fromkeys(metrics + [f"diff.{m}" for m in gap_metrics] + ["avg_gap", "RTE_s", clock]))
+    rows = pd.concat([_oracle_rows(members, metrics + ["RTE_s", clock]), members[members["method"] != ORACLE]],
+                     ignore_index=True)
     rows = rows.assign(**{f"diff.{m}": rows[m] - rows.get(f"ref_oracle.{m}", np.nan) for m in gap_metrics})
     if by not in rows:
         raise UnlearnError(f"--by {by}: no such column; the rows have: {', '.join(map(str, rows.columns))}")
@@ -126,7 +132,7 @@ def summarise(members: pd.DataFrame, setting: dict, by: str, extra: Sequence[str
         columns |= {f"{m}_mean": mean[m], f"{m}_std": std[m], f"{m}_ci95": ci95[m],
                     f"{m}_gap": mean[f"diff.{m}"].abs() if m in gap_metrics else ""}
     columns |= {"avg_gap_mean": mean["avg_gap"], "avg_gap_std": std["avg_gap"], "avg_gap_ci95": ci95["avg_gap"],
-                "rte_s": mean["RTE_s"], "rte_relative": mean["RTE_s"] / oracle["RTE_s"] if oracle["RTE_s"] else np.nan,
+                "rte_s": mean["RTE_s"], "rte_relative": mean[clock] / oracle[clock] if oracle[clock] else np.nan,
                 "diverged": (rows["status"] != "ok").groupby(labels, sort=False).sum()}
     commands = sorted(set(members["command"].dropna()) - {""}) if "command" in members else []
-    return Table(setting, metrics, gap_metrics, pd.DataFrame(columns), commands, collapsed)
+    return Table(setting, metrics, gap_metrics, pd.DataFrame(columns), commands, collapsed, "cpu" if cpu else "wall")
