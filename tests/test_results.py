@@ -56,11 +56,12 @@ def test_load_flattens_rows_of_all_three_modalities(run_experiment, tmp_path):
     assert load(tmp_path / "run")[columns].sort_values("run_id").reset_index(drop=True).equals(
         frame[columns].sort_values("run_id").reset_index(drop=True))
     assert load(str(tmp_path / "**" / "*.jsonl"))["run_id"].tolist() == frame["run_id"].tolist()
-    # The page shows one table per modality and embeds the diffusion run's generations.png, decodable as a PNG.
+    # The page shows one table and one trade-off plot per modality and embeds the diffusion run's generations.png,
+    # decodable as a PNG.
     page = html.page("outputs", frame, "method", ())
     assert page.count("<table") == 3
     images = [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
-    assert len(images) == 2 and all(image.startswith(b"\x89PNG") for image in images)
+    assert len(images) == 3 + 1 and all(image.startswith(b"\x89PNG") for image in images)
     assert (Path(rows[2]["run_dir"]) / "generations.png").read_bytes() in images
 
 
@@ -93,7 +94,9 @@ def test_html_report_opens_in_a_headless_browser(tmp_path):
     (page,) = html.write(load(tmp_path / "diffusion_digits.jsonl"), tmp_path / "report.html", "method", ["fd"])
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,5000"]
     dom = subprocess.run([BROWSER, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert dom.count("<table") == 4 and dom.count("<img") == 3 and "Per-step curves" in dom
+    # tables: the diffusion setting and each of the stream's 3 steps; images: a trade-off plot for the diffusion
+    # setting and one for the stream (at its last step), the per-step curves, the generations beside the table
+    assert dom.count("<table") == 4 and dom.count("<img") == 4 and "Per-step curves" in dom
     shot = tmp_path / "shot.png"
     subprocess.run([BROWSER, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
     pixels = (imread(shot)[..., :3] * 255).round()

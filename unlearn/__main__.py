@@ -19,11 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     cmp.add_argument("--by", default="method", help="column to group by, e.g. method or method_params.lr")
     cmp.add_argument("--out", help="write the table here as well as printing it")
-    cmp.add_argument("--plot", help="forgetting-utility plot (PNG); default: beside --out, else beside PATH")
+    cmp.add_argument("--plot", help="forgetting-utility plot (PNG); default: beside --out, else beside PATH's table")
     cmp.add_argument("--metrics", help="comma-separated columns after the gap metrics, e.g. klom_forget,klom_test "
                                        "(default: kl_forget, klom_forget, lira_auc, eps_score where present)")
     cmp.add_argument("--html", help="one self-contained HTML page per experiment: tables, plots, per-step curves, "
-                                    "generations (NAME.html; NAME-EXPERIMENT.html when PATH holds several)")
+                                    "generations (NAME.html; NAME-EXPERIMENT.html when PATH holds several); a bare "
+                                    "name goes beside PATH's table, like the plot")
     steps = sub.add_parser("steps", help="a deletion stream's rows as methods × steps tables and curves")
     steps.add_argument("path", help="a table.jsonl of scenario=sequence rows")
     steps.add_argument("--metrics", help="comma-separated columns (default: the gap metrics and the stream's own)")
@@ -39,16 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     from unlearn.report.compare import EXTRA_METRICS, compare
     from unlearn.results import load
 
-    source = Path(args.path)
-    beside = source if source.is_dir() else Path(".") if glob.has_magic(args.path) else source.parent
+    beside = _beside(args.path)
     plot_path = Path(args.plot) if args.plot else Path(args.out).with_suffix(".png") if args.out else beside / "compare.png"
+    html_path = None if not args.html else beside / args.html if _bare(args.html) else Path(args.html)
     metrics = args.metrics.split(",") if args.metrics else None
     pages: list = []
 
     def make() -> str:
         frame = load(args.path)
         text = compare(frame, fmt=args.format, by=args.by, plot_path=plot_path, metrics=metrics)
-        pages.extend(html.write(frame, Path(args.html), args.by, metrics or EXTRA_METRICS) if args.html else [])
+        pages.extend(html.write(frame, html_path, args.by, metrics or EXTRA_METRICS) if html_path else [])
         return text
 
     status = _emit(make, args.out)
@@ -57,6 +58,22 @@ def main(argv: list[str] | None = None) -> int:
         for page in pages:
             print(f"html: {page}", file=sys.stderr)
     return status
+
+
+def _beside(path: str) -> Path:
+    """Where compare's files go unless told: the folder PATH names, else the folder of the table it names, else
+    (a glob) the folder before the glob's first wildcard ('results/*.jsonl' → results)."""
+    if glob.has_magic(path):
+        parts = Path(path).parts
+        fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        return Path(*parts[:fixed]) if fixed else Path(".")
+    source = Path(path)
+    return source if source.is_dir() else source.parent
+
+
+def _bare(name: str) -> bool:
+    """A file name without any folder ('r.html', not './r.html' or 'out/r.html'): it goes beside the table."""
+    return Path(name).name == name and not Path(name).is_absolute()
 
 
 def _steps(args) -> int:

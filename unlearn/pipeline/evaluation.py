@@ -36,6 +36,8 @@ class Evaluator:
         # (model, identity) of the fixed model that judges others (`Task.judged_by`: an LM's answer fluency under
         # the run's original); set by the step.
         self.judge: tuple[nn.Module, str] | None = None
+        # The unlearned model as the attack left it (the last `attacked` of a model without identity), for pictures.
+        self.last_attacked: nn.Module | None = None
 
     def evaluate(self, model: nn.Module, oracle: nn.Module | None, splits: Splits) -> dict[str, float]:
         """The task's metrics of one model, how it differs from the oracle (none without one), and the request's."""
@@ -66,6 +68,8 @@ class Evaluator:
         prefix = self.attack.prefix
         names = names if self.attack.scores_model else []  # a probe that only reads the model reports its figures
         failed = {f"{prefix}.{name}": float("nan") for name in [*names, *self.attack.figure_names]}
+        if model_key is None:
+            self.last_attacked = None
         if model is None:
             return failed
 
@@ -76,6 +80,8 @@ class Evaluator:
                                 original=art.original if original is None else original, eval_seed=self.eval_seed)
             try:
                 attacked = self.attack.attack(deployed(model), ctx)
+                if model_key is None:
+                    self.last_attacked = attacked
             except DivergedError as exc:
                 log.warning("attack %s diverged: %s", prefix, exc)
                 return failed

@@ -152,5 +152,7 @@ class Step:
         if save_model:
             save(unlearned, run_dir, x.models.model_config)
         models = {"original": self.original, "retrain (oracle)": self.art.oracle, x.method.name: unlearned}
+        if x.attack is not None and x.evaluator.last_attacked is not None:  # what the attack got out of θu
+            models[f"{x.method.name} + {x.attack.prefix} attack"] = x.evaluator.last_attacked
         x.task.save_pictures(run_dir, {k: m for k, m in models.items() if m is not None}, x.runtime,
                              int(x.cfg.eval.seed))

@@ -7,31 +7,35 @@ Rows from different settings (task, data, model, forget request, and scenario an
 are never mixed: each gets its own table. Each row is compared with its own oracle (its `reference.oracle`); a
 configuration run twice counts once (the latest run; the table says how many rows it dropped). The columns are
 the task's gap metrics, as the rows name them, then the chosen extra metrics, so a new task or metric needs no
-edit here.
+edit here. A Markdown table wider than a terminal (`unlearn.report.tables.WIDTH`) is printed as several, each led
+by the method (and n) columns; a metric with one run shows its mean alone (no '± 0.00').
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from unlearn.errors import UnlearnError
+from unlearn.report.tables import WIDTH, attack_of, fmt, split_markdown, term, wrap
 from unlearn.report.summary import ORACLE, Table, latest_runs, summarise, title  # noqa: F401  (importable here)
 from unlearn.results import SETTING, from_rows, load, load_rows  # noqa: F401  (load_rows: kept importable from here)
 
 #: shown beside the gap metrics when present (the rest stay in the rows and in `unlearn.results.load`)
 EXTRA_METRICS = ("forget_quality", "model_utility", "privleak", "kl_forget", "klom_forget", "lira_auc", "rmia_auc", "eps_score")
 FORMATS = ("md", "csv", "latex")
-LEGEND = ("mean ± std over runs; (gap to Retrain) after each gap metric: |mean over runs of (metric − the run's own "
-          "oracle's)|; Avg.Gap with its 95% t-interval; RTE in seconds.")
+LEGEND = ("mean ± std over runs (the mean alone where a metric has one run); (gap to Retrain) after each gap metric: "
+          "|mean over runs of (metric − the run's own oracle's)|; Avg.Gap with its 95% t-interval; RTE in seconds.")
 #: shown after the gap metrics (and any earlier_* metrics) in a stream's per-step table, when present
 STEP_METRICS = ("acc_f", "acc_r", "acc_old", "h_mean", "cum_RTE_s",
                 "shards_retrained", "stages_retrained", "speedup", "live_shards")
 #: shown first in that table when the rows carry no gaps to show the task's metrics by (scenario.oracle=false)
 UNGAPPED_METRICS = ("UA", "RA", "TA", "MIA")
-STEPS_LEGEND = ("mean ± std over runs (the std where n > 1); (gap to that step's Retrain) after each gap metric; "
-                "Avg.Gap to that step's Retrain; RTE of the step and cum_RTE_s (steps 1..k) in seconds.")
+STEPS_LEGEND = ("mean ± std over runs (the mean alone where n = 1); (gap to that step's Retrain) after each gap "
+                "metric; Avg.Gap to that step's Retrain; RTE of the step and cum_RTE_s (steps 1..k) in seconds.")
 
 
 def setting_keys(frame: pd.DataFrame) -> list[str]:
@@ -58,12 +62,116 @@ def render(found: list[Table], fmt: str) -> str:
     if fmt == "latex":
         return "\n\n".join(latex(t) for t in found) + "\n"
     return "\n\n".join(
-        f"### {t.title}\n\n{LEGEND}\n\n" + markdown(t.display()) + (f"\n\n{t.note}" if t.note else "")
+        heading(t.setting) + f"\n\n{wrap(LEGEND)}\n\n" + split_markdown(cells(t), ["method", "n"])
+        + (f"\n\n{t.note}" if t.note else "")
         + ("\n\nMade by:\n" + "\n".join(f"    {c}" for c in t.commands) if t.commands else "") for t in found) + "\n"
 
 
-def markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown(index=False, tablefmt="github", stralign="left", disable_numparse=True)
+def markdown(table: pd.DataFrame, keep: Sequence[str] = ("method",), width: int = WIDTH) -> str:
+    """A table of strings as Markdown, split into tables of at most `width` characters a line, each led by the
+    `keep` columns."""
+    return split_markdown(table, keep, width)
+
+
+def _short(value: Any, limit: int = 24) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def forget_label(request: Any) -> str:
+    """The forget request of a setting (compare's canonical JSON) in a few words: its builder and up to three of
+    its set fields, long values cut ("random ratio=0.1", "concept concept=circle axis=shape")."""
+    try:
+        fields = json.loads(request) if isinstance(request, str) else request
+    except json.JSONDecodeError:
+        return _short(request, 60)
+    if not isinstance(fields, dict):
+        return _short(fields, 60)
+    shown = [f"{k}={_short(v)}" for k, v in fields.items() if k != "builder" and v not in (None, "", [], {})]
+    return " ".join([str(fields.get("builder", "?")), *shown[:3], *(["…"] if len(shown) > 3 else [])])
+
+
+def short_title(setting: dict) -> str:
+    """A setting in one short line: task · data · model · forget (`forget_label`) · scenario, step, ..."""
+    s = setting
+    extra = [f"{k}={s[k]}" for k in s if k not in SETTING and not pd.isna(s[k])]
+    return " · ".join([str(s["task"]), str(s["data"]), str(s["model"]), f"forget={forget_label(s['forget'])}", *extra])
+
+
+def heading(setting: dict, width: int = WIDTH) -> str:
+    """A Markdown heading (`short_title`), then the full setting (`title`) wrapped, where it says more."""
+    full = title(setting)
+    short = short_title(setting)
+    return f"### {short}" + (f"\n\n{wrap('setting: ' + full, width)}" if full != short else "")
+
+
+def spread(mean: pd.Series, std: pd.Series, ci95: pd.Series) -> pd.Series:
+    """'mean ± std' cells, the mean alone where the metric has a single value (its interval is undefined: NaN),
+    '—' where it has none."""
+    text = mean.map(fmt) + (" ± " + std.map(fmt)).where(ci95.notna(), "")
+    return text.where(mean.notna(), "—")
+
+
+def cells(table: Table) -> pd.DataFrame:
+    """A Table as printed (all strings): method, n, each metric as `spread` with ' (gap)' after a gap metric,
+    Avg.Gap with its 95% interval, RTE (s), RTE/Retrain (cpu or wall: the seconds it divides), diverged."""
+    s = table.summary
+    label = s.index.to_series()
+    out = {"method": label, "n": s["n"].astype(str)}
+    for m in table.metrics:
+        out[m] = spread(s[f"{m}_mean"], s[f"{m}_std"], s[f"{m}_ci95"])
+        if m in table.gap_metrics:
+            gap = pd.to_numeric(s[f"{m}_gap"], errors="coerce")
+            out[m] += (" (" + gap.map(fmt) + ")").where((label != ORACLE) & gap.notna(), "")
+    ci = s["avg_gap_ci95"]
+    low, high = (s["avg_gap_mean"] - ci).map(fmt), (s["avg_gap_mean"] + ci).map(fmt)
+    out |= {"Avg.Gap": spread(s["avg_gap_mean"], s["avg_gap_std"], ci),
+            "Avg.Gap 95% CI": ("[" + low + ", " + high + "]").where(ci.notna(), ""),
+            "RTE (s)": s["rte_s"].map(fmt).where(s["rte_s"].notna(), "—"),
+            f"RTE/Retrain ({table.rte_basis})": s["rte_relative"].map(fmt).where(s["rte_relative"].notna(), "—"),
+            "diverged": s["diverged"].astype(str)}
+    return pd.DataFrame(out).astype(str)
+
+
+def metric_groups(members: pd.DataFrame, metrics: Sequence[str]) -> dict[str, list[str]]:
+    """The metrics among `metrics` and the rows' references that have a value in `members` (one setting's rows)
+    and that the report shows in sections of their own: 'attack' (`<attack>.<metric>`) and 'population'
+    (eval.oracles=N figures), in order of appearance."""
+    references = [c.split(".", 1)[1] for c in members if c.startswith(("ref_original.", "ref_oracle."))]
+    names = [n for n in dict.fromkeys([*metrics, *references])
+             if any(c in members and members[c].notna().any() for c in (n, f"ref_original.{n}", f"ref_oracle.{n}"))]
+    task = members["task"].iloc[0] if len(members) else None
+    return {"attack": [n for n in names if attack_of(n) is not None],
+            "population": [n for n in names if attack_of(n) is None
+                           and getattr(term(n, task), "family", "") == "population"]}
+
+
+def reference_view(members: pd.DataFrame, names: Sequence[str], by: str = "method") -> pd.DataFrame:
+    """One setting's rows → strings with the original and the oracle beside the methods: 'original' (the rows'
+    reference original, `ref_original.<m>`), 'retrain' (real retrain runs, else the rows' reference oracles),
+    then each value of `by`; columns method, n (the runs with any of `names`) and each of `names` as `spread` over
+    runs ('—' where none). A reference shared by several rows (one original for every method of a seed) counts
+    once."""
+    members, _ = latest_runs(members)
+    own = members[members["method"] != ORACLE]
+    blocks = []
+    for label, prefix in (("original", "ref_original."), (ORACLE, "ref_oracle.")):
+        if label == ORACLE and (members["method"] == ORACLE).any():
+            blocks.append(members[members["method"] == ORACLE].reindex(columns=names).assign(_label=ORACLE))
+            continue
+        refs = [f"{prefix}{m}" for m in names if f"{prefix}{m}" in members]
+        if refs:
+            ref = members[members[refs].notna().any(axis=1)].drop_duplicates(["seed", *refs])
+            blocks.append(pd.DataFrame({m: ref.get(f"{prefix}{m}", np.nan) for m in names}).assign(_label=label))
+    blocks.append(own.reindex(columns=names).assign(_label=own[by].map(str) if by in own else own["method"]))
+    rows = pd.concat(blocks, ignore_index=True)
+    rows = rows[rows[list(names)].notna().any(axis=1)]  # runs without these figures (no attack, one model) say nothing
+    grouped = rows[list(names)].astype(float).groupby(rows["_label"], sort=False)
+    mean, std, count = grouped.mean(), grouped.std(), grouped.count()
+    ci = std.where(count > 1)  # stands in for the interval: defined only with more than one value
+    out = {"method": mean.index.to_series(), "n": grouped.size().astype(str)}
+    out |= {m: spread(mean[m], std[m], ci[m]) for m in names}
+    return pd.DataFrame(out).astype(str).reset_index(drop=True)
 
 
 def latex(table: Table) -> str:
@@ -124,11 +232,11 @@ def stream_tables(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None 
     return tables(frame, "configuration" if params else "method", metrics)
 
 
-def steps_view(found: list[Table]) -> list[tuple[str, pd.DataFrame]]:
+def steps_view(found: list[Table]) -> list[tuple[dict, pd.DataFrame]]:
     """Per-step Tables (`stream_tables`, or `tables` of rows with steps) → one table per stream setting, as
-    (title, strings): a row per (method, step), Retrain first, then methods in order of appearance, each by
-    step; columns n, the Table's metrics ('mean ± std (gap)', '—' where missing), Avg.Gap and RTE (s), and
-    diverged when any step diverged."""
+    (setting less its step, strings): a row per (method, step), Retrain first, then methods in order of
+    appearance, each by step; columns n, the Table's metrics ('mean ± std (gap)', '—' where missing), Avg.Gap and
+    RTE (s), and diverged when any step diverged."""
     streams: dict[tuple, list[Table]] = {}
     for table in found:
         streams.setdefault(tuple((k, v) for k, v in table.setting.items() if k != "step"), []).append(table)
@@ -144,16 +252,19 @@ def steps_view(found: list[Table]) -> list[tuple[str, pd.DataFrame]]:
             for table in (t for t in members if label in t.summary.index):
                 row, n = table.summary.loc[label], int(table.summary.loc[label, "n"])
 
-                def cell(mean: str, std: str | None = None, gap: str | None = None) -> str:
-                    if mean not in row or pd.isna(row[mean]):
+                def cell(name: str, gap: bool = False) -> str:
+                    """mean ± std (the std where this metric has more than one value: its interval is defined)"""
+                    if f"{name}_mean" not in row or pd.isna(row[f"{name}_mean"]):
                         return "—"
-                    text = f"{row[mean]:.2f}" + (f" ± {row[std]:.2f}" if std and n > 1 else "")
-                    return text + (f" ({row[gap]:.2f})" if gap and label != ORACLE and not pd.isna(row[gap]) else "")
+                    text = fmt(row[f"{name}_mean"])
+                    if not pd.isna(row[f"{name}_ci95"]):
+                        text += f" ± {fmt(row[f'{name}_std'])}"
+                    shown = gap and label != ORACLE and not pd.isna(pd.to_numeric(row[f"{name}_gap"], errors="coerce"))
+                    return text + (f" ({fmt(float(row[f'{name}_gap']))})" if shown else "")
 
                 record = {"method": label, "step": str(table.setting.get("step")), "n": str(n)}
-                record |= {m: cell(f"{m}_mean", f"{m}_std", f"{m}_gap" if m in table.gap_metrics else None)
-                           for m in metrics}
-                record |= {"Avg.Gap": cell("avg_gap_mean", "avg_gap_std"), "RTE (s)": cell("rte_s"),
+                record |= {m: cell(m, gap=m in table.gap_metrics) for m in metrics}
+                record |= {"Avg.Gap": cell("avg_gap"), "RTE (s)": "—" if pd.isna(row["rte_s"]) else fmt(row["rte_s"]),
                            "diverged": str(int(row["diverged"]))}
                 records.append(record)
         view = pd.DataFrame.from_records(records)
@@ -161,7 +272,7 @@ def steps_view(found: list[Table]) -> list[tuple[str, pd.DataFrame]]:
             view = view.drop(columns="diverged")
         if (view["Avg.Gap"] == "—").all():  # no oracle (scenario.oracle=false)
             view = view.drop(columns="Avg.Gap")
-        out.append((title(dict(setting)), view))
+        out.append((dict(setting), view))
     return out
 
 
@@ -178,6 +289,7 @@ def steps_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = 
     if fmt == "csv":
         return render(found, "csv")
     if fmt == "latex":
-        return "\n\n".join(view.to_latex(index=False, escape=True, caption=name).strip().replace("±", r"$\pm$")
-                            for name, view in steps_view(found)) + "\n"
-    return "\n\n".join(f"### {name}\n\n{STEPS_LEGEND}\n\n" + markdown(view) for name, view in steps_view(found)) + "\n"
+        return "\n\n".join(view.to_latex(index=False, escape=True, caption=title(setting)).strip()
+                            .replace("±", r"$\pm$") for setting, view in steps_view(found)) + "\n"
+    return "\n\n".join(heading(setting) + f"\n\n{wrap(STEPS_LEGEND)}\n\n" + markdown(view, ["method", "step", "n"])
+                         for setting, view in steps_view(found)) + "\n"

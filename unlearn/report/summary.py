@@ -59,7 +59,7 @@ class Table:
         low, high = s["avg_gap_mean"] - s["avg_gap_ci95"], s["avg_gap_mean"] + s["avg_gap_ci95"]
         out |= {"Avg.Gap": s["avg_gap_mean"].map(two) + " ± " + s["avg_gap_std"].map(two),
                 "Avg.Gap 95% CI": ("[" + low.map(two) + ", " + high.map(two) + "]").where(s["avg_gap_ci95"].notna(), ""),
-                "RTE (s)": s["rte_s"].map(two), "RTE/Retrain": s["rte_relative"].map(two), "diverged": s["diverged"]}
+                "RTE (s)": s["rte_s"].map(two), f"RTE/Retrain ({self.rte_basis})": s["rte_relative"].map(two), "diverged": s["diverged"]}
         return pd.DataFrame(out).astype(str)
 
 

@@ -190,7 +190,7 @@ class TextToImageTask(Task):
         self.use_world(data, self._builder.resolve(data))
         axes = {axis: len(values) for axis, values in self.axes.items()}
         key = content_key("t2i-judge", code=code_digest(self._train_judge), data=data.fingerprint(), width=self.judge_width, recipe=vars(self.judge_recipe),
-                          seed=self.judge_seed)
+                          seed=self.judge_seed, threads=runtime.key_threads)  # threads: they change a CPU model
         payload, _ = cache.get_or_compute(key, lambda: self._train_judge(data, axes, runtime), "judge (one head per axis)")
         log.info("judge: accuracy on real test images %s",
                  ", ".join(f"{axis} {acc:.1f}%" for axis, acc in payload["test_acc"].items()))
@@ -308,38 +308,61 @@ class TextToImageTask(Task):
         judged, _ = self.judge_outputs(self.sample(model, prompts, runtime, seed), runtime)
         return judged[:, list(self.axes).index(self.request.axis)] == self.request.value
 
-    def save_pictures(self, run_dir: Path, models: dict[str, nn.Module], runtime: Runtime, seed: int) -> None:
-        """generations.png: one row per model, the same prompts and noise for each — target prompts, their
-        synonym and held-out versions, the near neighbour and other prompts — `picture_samples` each."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        picks = [self.groups["target"][0][:3], self.groups["synonym"][0][:1], self.groups["held_out"][0][:1]]
+    def picture_prompts(self) -> list[tuple[str, int]]:
+        """The prompts generations.png shows, each once, as (group, prompt-table row): up to three target prompts,
+        a synonym and a held-out version of a target, the near neighbour (if the concept has one), and up to three
+        other prompts spread over the rest."""
         other_prompts, other_labels = self.groups["other"]
-        a = list(self.axes).index(self.request.axis)
+        picks = [("target", self.groups["target"][0][:3]), ("synonym", self.groups["synonym"][0][:1]),
+                 ("held out", self.groups["held_out"][0][:1])]
         if self.request.neighbour is not None:
+            a = list(self.axes).index(self.request.axis)
             near = self.axes[self.request.axis].index(self.request.neighbour)
-            picks.append(other_prompts[other_labels[:, a] == near][:1])
-        picks.append(other_prompts[:: max(len(other_prompts) // 3, 1)][:3])
-        chosen = torch.cat(picks)
-        prompts = chosen.repeat_interleave(self.picture_samples)
-        fig, axes = plt.subplots(len(models), 1, figsize=(0.55 * len(prompts) + 1, 0.9 * len(models) + 1.6),
-                                 squeeze=False)
-        for ax, (label, model) in zip(axes[:, 0], models.items()):
-            images = self.sample(model, prompts, runtime, seed)
-            n, c, h, w = images.shape
-            ax.imshow(images.add(1).div(2).permute(2, 0, 3, 1).reshape(h, n * w, c).numpy(), vmin=0, vmax=1)
-            ax.set_yticks([])
-            ax.set_ylabel(label, rotation=0, ha="right", va="center")
-            ax.set_xticks([])
-        axes[-1, 0].set_xticks([(k + 0.5) * self.picture_samples * w for k in range(len(chosen))],
-                               [self.prompts[int(p)] for p in chosen], rotation=35, ha="right", fontsize=7)
-        axes[0, 0].set_title(f"erasing {self.request.concept!r}: {self.picture_samples} generations per prompt, "
-                             f"same noise for every model", fontsize=9)
-        fig.tight_layout()
-        tmp = run_dir / ".generations.png.tmp"
-        fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-        tmp.replace(run_dir / "generations.png")
+            picks.append(("neighbour", other_prompts[other_labels[:, a] == near][:1]))
+        chosen = {int(p): group for group, prompts in picks for p in prompts}
+        rest = [int(p) for p in other_prompts if int(p) not in chosen]  # the neighbour is an "other" prompt too
+        chosen |= {p: "other" for p in rest[:: max(len(rest) // 3, 1)][:3]}
+        return [(group, p) for p, group in chosen.items()]
+
+    def save_pictures(self, run_dir: Path, models: dict[str, nn.Module], runtime: Runtime, seed: int) -> None:
+        """generations.png: one row per model (`models`: label → model; an attacked model, e.g. a prompt attack's
+        `AttackedPrompts`, generates the target prompts from the attack's adversarial text), the same prompts
+        (`picture_prompts`) and noise for each, `picture_samples` each."""
+        chosen = self.picture_prompts()
+        prompts = torch.tensor([p for _, p in chosen], dtype=torch.long).repeat_interleave(self.picture_samples)
+        draw_generations({label: self.sample(model, prompts, runtime, seed) for label, model in models.items()},
+                         [f"{self.prompts[p]} [{group}]" for group, p in chosen], self.picture_samples,
+                         f"erasing {self.request.concept!r}: {self.picture_samples} generations per prompt, same noise "
+                         f"for every model", run_dir / "generations.png")
+
+
+def draw_generations(rows: Mapping[str, torch.Tensor], captions: list[str], samples: int, title: str,
+                     path: Path) -> None:
+    """A PNG of generations (written atomically to `path`): one row per entry of `rows` (label → (P·samples, C,
+    H, W) images in [-1, 1], `samples` consecutive images per prompt), one caption per prompt under the columns.
+    Raises ValueError when a row's image count is not len(captions)·samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(captions) * samples
+    wrong = {label: len(images) for label, images in rows.items() if len(images) != count}
+    if wrong:
+        raise ValueError(f"{len(captions)} prompts × {samples} samples need {count} images per row, got {wrong}")
+    fig, axes = plt.subplots(len(rows), 1, figsize=(0.55 * count + 1, 0.9 * len(rows) + 1.6), squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows.items()):
+        n, c, h, w = images.shape
+        ax.imshow(images.add(1).div(2).clamp(0, 1).permute(2, 0, 3, 1).reshape(h, n * w, c).numpy(), vmin=0, vmax=1)
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center")
+        ax.set_xticks([])
+    w = next(iter(rows.values())).shape[-1]
+    axes[-1, 0].set_xticks([(k + 0.5) * samples * w for k in range(len(captions))], captions, rotation=35, ha="right",
+                           fontsize=7)
+    axes[0, 0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
