@@ -30,6 +30,20 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tests_own_cache(shared_cache):
+    """Whatever a test runs without a cache_dir (a subprocess, a default config) caches in the session's cache, never
+    in the user's $UNLEARN_CACHE; UNLEARN_TEST_CACHE=<folder> keeps one between sessions (e.g. the converted real
+    LM)."""
+    before = os.environ.get("UNLEARN_CACHE")
+    os.environ["UNLEARN_CACHE"] = os.environ.get("UNLEARN_TEST_CACHE") or str(shared_cache)
+    yield
+    if before is None:
+        os.environ.pop("UNLEARN_CACHE", None)
+    else:
+        os.environ["UNLEARN_CACHE"] = before
+
+
 @pytest.fixture
 def run_experiment(tmp_path, shared_cache):
     """run_experiment(*overrides, cache_dir=None) -> result row, with the table logger writing under tmp_path."""

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +50,7 @@ def test_keys_are_checked_against_the_chosen_group_and_on_a_sweeps_first_value()
 def test_a_benchmark_without_its_published_model_names_original_path():
     with pytest.raises(ConfigError, match=r"model.name is null, and model needs it; it follows original.path: give "
                                           r"original.path="):
-        Experiment(compose_config(*TINY, "data=tofu", "method=npo"))
+        Experiment(compose_config("data=tofu", "method=npo", "threads=1", "device=cpu"))
 
 
 def test_an_unreachable_hub_is_named_at_once(monkeypatch):
@@ -63,7 +64,7 @@ def test_an_unreachable_hub_is_named_at_once(monkeypatch):
     try:
         start = time.perf_counter()
         assert "127.0.0.1:9 cannot be reached" in unlearn.hub.why_unreachable()
-        with pytest.raises(ConfigError, match=r"original.path='owner/model' .* the hub cannot be used from here: "
+        with pytest.raises(ConfigError, match=r"original.path='owner/model' .*\(the hub cannot be used from here: "
                                               r"127.0.0.1:9 cannot be reached"):
             checkpoints.resolve("original", "owner/model")
         assert time.perf_counter() - start < 30  # not huggingface_hub's minute of retries
@@ -71,3 +72,14 @@ def test_an_unreachable_hub_is_named_at_once(monkeypatch):
         assert unlearn.hub.why_unreachable() == "HF_HUB_OFFLINE is set"
     finally:
         unlearn.hub._connect.cache_clear()
+
+
+def test_the_suite_never_writes_into_the_users_cache(shared_cache):
+    from unlearn.cache import default_cache_dir
+
+    assert default_cache_dir() == Path(os.environ.get("UNLEARN_TEST_CACHE") or shared_cache)
+
+
+def test_a_population_of_two_is_refused_before_training():
+    with pytest.raises(ConfigError, match="eval.oracles=2 is too few for a population"):
+        Experiment(compose_config(*TINY, "eval.oracles=2"))

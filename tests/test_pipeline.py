@@ -245,9 +245,9 @@ def test_a_failed_second_process_trains_the_original_here(tmp_path, monkeypatch,
                                               ("prune=omp", "pruning"),
                                               ("parallel_training=auto", "a short training"),
                                               ("threads=2", "2 cores for two processes of 2 threads")])
-def test_the_original_trains_first_where_the_oracle_needs_it(override, reason, two_cores):
+def test_the_original_trains_first_where_the_oracle_needs_it(override, reason, two_cores, tmp_path):
     try:
-        exp = Experiment(compose_config(*TINY, override))
+        exp = Experiment(compose_config(*TINY, override, f"cache_dir={tmp_path}"))  # nothing cached yet
         assert exp.beside.why_not(exp.seed).startswith(reason)
     finally:
         torch.set_num_threads(1)
@@ -278,7 +278,7 @@ def test_threads_auto_is_one_for_small_models_and_the_count_is_in_keys_and_rows(
         assert two.models.dense_original_key(0) != auto.models.dense_original_key(0)
         monkeypatch.setattr(unlearn.runtime, "ONE_THREAD_MAX_STEP_FLOP", 1.0)  # every model is now "large"
         large = Experiment(compose_config(*TINY[:-1], f"cache_dir={tmp_path}"))
-        assert large.runtime.threads == unlearn.runtime.DEFAULT_THREADS
+        assert large.runtime.threads == unlearn.runtime.default_threads()
     finally:
         torch.set_num_threads(1)
     with pytest.raises(ConfigError, match="threads must be auto, null"):

@@ -97,10 +97,12 @@ def test_stacked_members_have_keys_of_their_own_shared_across_population_sizes(t
     seeds = exp.member_seeds(3)
     assert not exp.stack.member(seeds[0]) and exp.stack.member(seeds[2])
     exp.stack.train("original", seeds)
-    assert len(exp.stack._payloads) == 2  # not the run's own
+    # Saved as soon as the stack is trained (under their locks, so a job that needs one waits for the stack); not
+    # the run's own.
+    assert [exp.cache.contains(exp.models.dense_original_key(seed)) for seed in seeds] == [False, True, True]
     data, _ = exp.data()
     payload, key, cached = exp.models.original(seeds[2], None)
-    assert not cached and payload["stacked"] == 2
+    assert cached and payload["stacked"] == 2
     assert key != content_key("original", **exp.models.common_key_fields(seeds[2]))
     sequential = exp.models.train(seeds[2], data.train, "original", None)
     assert max_difference(sequential["state_dict"], payload["state_dict"]) < 1e-3

@@ -5,25 +5,40 @@ import logging
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from unlearn.cache import Cache
 from unlearn.config import build, check_choices
 from unlearn.errors import BadInputError, DivergedError
 from unlearn.pipeline import Experiment
+from unlearn.pipeline.jobs import Stage, build_member, require_members
+from unlearn.report.loggers import write_json_atomic
 
 log = logging.getLogger("unlearn")
 
 
 def run_from_hydra(cfg: DictConfig) -> float:
+    started = time.perf_counter()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     command = "python " + shlex.join(sys.argv)
     loggers = []
     try:
-        experiment = Experiment(cfg)
+        stage = Stage.of(cfg)  # stage=all (the run), members (one population member, no row) or metrics
+        cache = Cache(cfg.cache_dir, enabled=bool(cfg.use_cache))
+        cache.check_writable()
+        experiment = Experiment(cfg, cache)
+        stage.check(experiment)
+        if stage.name == "members":  # the member's cache entries only: no row, no table line
+            setup = time.perf_counter() - started  # the job's own start-up: checks, Experiment, before any stage
+            write_json_atomic(run_dir / "member.json", build_member(experiment, stage.member) | {"setup_s": setup})
+            return float("nan")
+        if stage.name == "metrics":
+            require_members(experiment, list(hydra_cfg.overrides.task))
         loggers = [build(node) for node in cfg.logger.values()]
         scenario = build(cfg.scenario)  # single: experiment.run; sequence: one row per request
         row = scenario.run(experiment, run_dir=run_dir, loggers=loggers, labels=dict(hydra_cfg.runtime.choices),
@@ -32,8 +47,9 @@ def run_from_hydra(cfg: DictConfig) -> float:
         if experiment.runtime.from_main(str(run_dir)) != str(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
     except BadInputError as exc:
-        # Bad input: one clear line, and no run folder left behind.
+        # Bad input: one clear line, and no run folder left behind (nor the empty folders above it Hydra made).
         shutil.rmtree(run_dir, ignore_errors=True)
+        _remove_empty_parents(run_dir.parent, Path(cfg.results_dir))
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except DivergedError as exc:
@@ -45,6 +61,20 @@ def run_from_hydra(cfg: DictConfig) -> float:
         for lg in loggers:
             lg.finish()
     return row["avg_gap"]  # what an Optuna sweeper minimises
+
+
+def _remove_empty_parents(folder: Path, stop: Path) -> None:
+    """Remove `folder` and its parents while they are empty, up to and including `stop` (results_dir)."""
+    stop = stop.resolve()
+    folder = folder.resolve()
+    while folder == stop or stop in folder.parents:
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            return
+        if folder == stop:
+            return
+        folder = folder.parent
 
 
 def refuse_unknown_choices(argv: list[str]) -> None:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -14,8 +15,15 @@ from torch import nn
 from unlearn.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16")
-#: torch's own thread count on this machine (its default: the cores it may use), read before anything changes it
-DEFAULT_THREADS = torch.get_num_threads()
+@functools.lru_cache(maxsize=None)
+def default_threads() -> int:
+    """torch's own thread count on this machine (its default: the cores it may use), read once at import, before a
+    run changes it. A function, not a module constant: a code digest (codehash) folds constants' values in, and the
+    machine's core count must not enter the cache keys of stages whose code reads it."""
+    return torch.get_num_threads()
+
+
+default_threads()
 #: threads=auto: a training step below this many FLOP runs on one thread. Tiny models are overhead-bound and a second
 #: thread only adds contention (measured: the default digits run took 47.9 s on a busy 2-core machine with torch's
 #: default threads, 10.5 s on one; t2i_tiny's 6e9-FLOP step took 157 ms on one thread, 128 ms on two, idle).
@@ -37,7 +45,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     # The torch CPU threads that train and evaluate here (they change a CPU run's rounding, so its numbers).
-    threads: int = DEFAULT_THREADS
+    threads: int = field(default_factory=default_threads)
 
     @classmethod
     def from_config(cls, device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
@@ -47,7 +55,7 @@ class Runtime:
         if threads not in (None, "auto"):
             if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
                 raise ConfigError(f"threads must be auto, null (torch's default) or an int >= 1, got {threads!r}")
-        count = DEFAULT_THREADS if threads in (None, "auto") else int(threads)
+        count = default_threads() if threads in (None, "auto") else int(threads)
         torch.set_num_threads(count)
         rank, world_size = 0, 1
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched data-parallel: accelerate sets up the processes
@@ -172,8 +180,8 @@ def auto_threads(device: torch.device, step_flop: Callable[[], float]) -> int:
     model), else torch's default. A function of the config (through `step_flop`, an estimate), never of the machine's
     load, so the same command gives the same numbers wherever its models are small."""
     if device.type != "cpu":
-        return DEFAULT_THREADS
-    return 1 if step_flop() < ONE_THREAD_MAX_STEP_FLOP else DEFAULT_THREADS
+        return default_threads()
+    return 1 if step_flop() < ONE_THREAD_MAX_STEP_FLOP else default_threads()
 
 
 def seed_everything(seed: int) -> None:

@@ -91,7 +91,12 @@ class Beside:
         store = self.store
         key = store.dense_original_key(model_seed)
         threads = store.runtime.threads
-        with tempfile.TemporaryDirectory(prefix="unlearn-original-") as tmp:
+        # The original's lock for as long as the second process trains it: a job racing for the same original
+        # waits for it and loads it instead of training it again (the oracle's lock is always taken after it).
+        with store.cache.lock(key), tempfile.TemporaryDirectory(prefix="unlearn-original-") as tmp:
+            if store.cache.contains(key):  # another job made it while this one waited
+                yield False
+                return
             job = Path(tmp)
             torch.save({"config": OmegaConf.to_container(store.cfg, resolve=True), "cache_root": str(store.cache.root),
                         "cache_enabled": store.cache.enabled, "model_seed": model_seed, "threads": threads},

@@ -66,6 +66,7 @@ class Experiment:
         self.seed = int(cfg.seed)
         self.runtime = Runtime.from_config(cfg.device, cfg.precision, cfg.channels_last, cfg.get("threads"))
         self.cache = cache or Cache(cfg.cache_dir, enabled=bool(cfg.use_cache))
+        self.cache.check_writable()
         # Everything that can be refused is checked and built first, so bad input fails before any training:
         # every knob of every node against its declared range (unlearn/knobs.py), then the objects themselves.
         check_node(cfg)
@@ -108,6 +109,9 @@ class Experiment:
             raise ConfigError(f"eval.oracles must be >= 1 (1 = the run's own oracle only), got {self.n_models}")
         if cfg.eval.get("stacked", "auto") not in ("auto", True, False):
             raise ConfigError(f"eval.stacked={cfg.eval.stacked!r} must be auto, true or false")
+        if self.n_models == 2:
+            raise ConfigError("eval.oracles=2 is too few for a population: the ε score's bins run up to "
+                              "ceil(ln(N − 1)), 0 for N = 2; use eval.oracles=1 (the run's own oracle) or >= 3")
         if self.n_models > 1 and not self.task.has_example_statistics:
             raise ConfigError(f"eval.oracles={self.n_models} needs a per-example statistic, which the "
                               f"{self.task.kind} task does not define; use eval.oracles=1")
