@@ -54,6 +54,36 @@ def rmia_metrics(logp: dict[str, list[dict[str, np.ndarray]]], low_fpr: Sequence
     return names | out
 
 
+def klom_yardsticks(stats: dict[str, list[dict[str, np.ndarray]]]) -> dict[str, dict[str, float]]:
+    """What KLoM reads for two models whose answer is known, to read a method's KLoM against (issue: a KLoM of
+    10.5 means nothing without them). stats[role][i][split] as in `population_metrics`.
+
+    Returns {"original": ..., "oracle": ...}, each {klom_<split>, klom_<split>_p95} in nats:
+    - "original": KLoM(originals ‖ oracles), the same N against N: no unlearning at all, the level a method must
+      come down from;
+    - "oracle": KLoM(oracles[:N//2] ‖ oracles[N//2:]), independent retrains against each other: the level an exact
+      retrain reaches, measured on half the models per side, so it reads higher than the N-vs-N figure would
+      (NaN for N < 2).
+    When the second is not below the first on a split, N models cannot tell the original from a retrain there."""
+    stacked = {role: {s: np.stack([member[s] for member in members]) for s in SPLITS} for role, members in stats.items()}
+    half = len(stats["oracle"]) // 2
+    out: dict[str, dict[str, float]] = {"original": {}, "oracle": {}}
+    for split in SPLITS:
+        oracles = stacked["oracle"][split]
+        pairs = {"original": (stacked["original"][split], oracles),
+                 "oracle": (oracles[:half], oracles[half:]) if half else None}
+        for role, pair in pairs.items():
+            summary = summarize(klom(*pair)) if pair is not None else {"mean": float("nan"), "p95": float("nan")}
+            out[role] |= {f"klom_{split}": summary["mean"], f"klom_{split}_p95": summary["p95"]}
+    return out
+
+
+def unresolved_splits(yardsticks: dict[str, dict[str, float]]) -> list[str]:
+    """The splits on which independent retrains read no lower KLoM than the original does (`klom_yardsticks`):
+    there the population is too small to separate an unlearned model from either."""
+    return [s for s in SPLITS if not yardsticks["oracle"][f"klom_{s}"] < yardsticks["original"][f"klom_{s}"]]
+
+
 def population_metrics(stats: dict[str, list[dict[str, np.ndarray]]], utility: dict[str, list[dict[str, float]]],
                        utility_metrics: Sequence[str]) -> dict[str, float]:
     """stats[role][i][split]: statistic of each example under model i, role in original/oracle/unlearned.

@@ -17,7 +17,8 @@ from unlearn.cache import content_key
 from unlearn.codehash import code_digest
 from unlearn.config import plain
 from unlearn.errors import DivergedError
-from unlearn.eval.population import population_metric_names, population_metrics, rmia_metrics
+from unlearn.eval.population import (klom_yardsticks, population_metric_names, population_metrics, rmia_metrics,
+                                     unresolved_splits)
 from unlearn.eval.rmia import RMIA_GAMMA, RMIA_OFFLINE_A
 from unlearn.pipeline.rules import first_reason
 from unlearn.pipeline.store import EpochCallback, ModelStore, Payload, state_dict
@@ -215,9 +216,10 @@ class Members:
 
 
 def population(experiment: "Experiment", first: "Artifacts", first_unlearned: nn.Module, splits: Splits,
-               on_epoch: EpochCallback | None) -> dict[str, float]:
-    """KLoM, LiRA and the ε score over N originals, N oracles and the N unlearned models made from them; each
-    member's part from the cache where a job (or an earlier run) built it."""
+               on_epoch: EpochCallback | None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(KLoM, LiRA and the ε score over N originals, N oracles and the N unlearned models made from them; the
+    KLoM yardsticks by reference role: original vs oracles, retrains vs retrains, `klom_yardsticks`). Each
+    member's part comes from the cache where a job (or an earlier run) built it."""
     task = experiment.task
     seeds = member_seeds(experiment.seed, experiment.n_models)
     experiment.stack.train("original", seeds[1:], on_epoch)
@@ -227,7 +229,7 @@ def population(experiment: "Experiment", first: "Artifacts", first_unlearned: nn
     for i, record in enumerate(records):
         if record["diverged"]:
             log.warning("population member %d diverged; population metrics are NaN", i)
-            return {name: float("nan") for name in population_metric_names(task.utility_metrics, task.low_fpr)}
+            return {name: float("nan") for name in population_metric_names(task.utility_metrics, task.low_fpr)}, {}
     stats = {role: [record["stats"][role] for record in records] for role in ("original", "oracle", "unlearned")}
     utility = {role: [record["utility"][role] for record in records] for role in ("unlearned", "oracle")}
     logp = {role: [{split: task.example_logprob(v) for split, v in member.items()} for member in members]
@@ -235,4 +237,12 @@ def population(experiment: "Experiment", first: "Artifacts", first_unlearned: nn
     cfg = experiment.cfg.eval
     rmia = rmia_metrics(logp, task.low_fpr, float(cfg.get("rmia_gamma", RMIA_GAMMA)),
                         float(cfg.get("rmia_offline_a", RMIA_OFFLINE_A)))
-    return population_metrics(stats, utility, task.utility_metrics) | rmia
+    yardsticks = klom_yardsticks(stats)
+    unresolved = unresolved_splits(yardsticks)
+    if unresolved:
+        log.warning("KLoM with eval.oracles=%d cannot tell the original from independent retrains on %s (original vs "
+                    "oracles %s; retrains vs retrains %s nats): raise eval.oracles before reading KLoM there",
+                    experiment.n_models, ", ".join(unresolved),
+                    ", ".join(f"{yardsticks['original'][f'klom_{s}']:.2f}" for s in unresolved),
+                    ", ".join(f"{yardsticks['oracle'][f'klom_{s}']:.2f}" for s in unresolved))
+    return population_metrics(stats, utility, task.utility_metrics) | rmia, yardsticks

@@ -82,9 +82,12 @@ class Step:
             metrics["sparsity"] = sparsity(unlearned) if unlearned is not None else float("nan")
             reference = {role: values | {"sparsity": sparsity(refs[role][0])} for role, values in reference.items()}
         if x.n_models > 1:
-            metrics |= population(x, art, unlearned, splits, self.on_epoch) if status == "ok" else \
-                {name: float("nan") for name in population_metric_names(task.utility_metrics, task.low_fpr)}
-        # RTE in wall-clock and CPU seconds; the oracle's as recorded when it was trained (docs/results.md, "Run time, threads and determinism").
+            figures, yardsticks = population(x, art, unlearned, splits, self.on_epoch) if status == "ok" else \
+                ({name: float("nan") for name in population_metric_names(task.utility_metrics, task.low_fpr)}, {})
+            metrics |= figures
+            # The same KLoM for the original (vs the oracles) and for retrains (vs retrains), beside the method's.
+            reference = {role: values | yardsticks.get(role, {}) for role, values in reference.items()}
+        # RTE in wall and CPU seconds; the oracle's as recorded when it was trained (docs/results.md, "Run time...").
         metrics |= {"RTE_s": seconds.wall, "RTE_cpu_s": seconds.cpu}
         reference["original"] |= {"RTE_s": float("nan"), "RTE_cpu_s": float("nan")}
         if "oracle" in reference:
