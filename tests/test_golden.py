@@ -1,8 +1,12 @@
 """The numbers a refactor must not move: a handful of real runs on tiny settings (classification, facts, digits_gen,
 shapes_t2i, a stream, a population, a pruned run, an attacked run) against rows recorded from the code before it.
 
-`UNLEARN_RECORD_GOLDEN=1 pytest tests/test_golden.py` rewrites tests/golden_rows.json from the current code (do
-that only for a change that is meant to move numbers, and say which in the commit)."""
+A CPU model's numbers depend on the CPU's kernels as well as on the thread count (the same code and seeds gave
+another oracle, TA 93.87 vs 93.59, on an AMD EPYC (AVX2) than on the machine the first rows were recorded on), so
+tests/golden_rows.json holds one set of rows per CPU kind recorded, and a run must match one of them: every
+recorded value (new metrics may be added), to a relative 1e-6. `UNLEARN_RECORD_GOLDEN=1 pytest tests/test_golden.py`
+(without -n) records the current code's rows as this CPU kind's set; do that only for a change meant to move
+numbers (then drop the other sets, which no longer hold), or to add a CPU kind, and say which in the commit."""
 from __future__ import annotations
 
 import json
@@ -21,6 +25,15 @@ from unlearn.pipeline import Experiment
 from unlearn.results import load_rows
 
 GOLDEN = Path(__file__).with_name("golden_rows.json")
+
+
+def cpu_kind() -> str:
+    """torch's CPU kernels (AVX2, AVX512, ...), the vendor and the model name: what a CPU model's rounding follows."""
+    import torch
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    field = lambda name: next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith(name)), "")  # noqa: E731
+    return " ".join(filter(None, [torch.backends.cpu.get_cpu_capability(), field("vendor_id"), field("model name")]))
 RECORD = os.environ.get("UNLEARN_RECORD_GOLDEN") == "1"
 
 CASES = {
@@ -52,13 +65,13 @@ def run_case(overrides: list[str], tmp_path: Path, cache: Path) -> list[dict]:
 
 def same(recorded, now, where: str) -> None:
     if isinstance(recorded, dict):
-        assert set(recorded) == set(now), f"{where}: keys differ: {sorted(set(recorded) ^ set(now))}"
+        assert set(recorded) <= set(now), f"{where}: recorded keys gone: {sorted(set(recorded) - set(now))}"
         for key in recorded:
             same(recorded[key], now[key], f"{where}.{key}")
     elif isinstance(recorded, float) and math.isnan(recorded):
         assert isinstance(now, float) and math.isnan(now), f"{where}: {now} (recorded NaN)"
     elif isinstance(recorded, (int, float)):
-        assert now == pytest.approx(recorded, rel=1e-9, abs=1e-12), f"{where}: {now} (recorded {recorded})"
+        assert now == pytest.approx(recorded, rel=1e-6, abs=1e-9), f"{where}: {now} (recorded {recorded})"
     else:
         assert now == recorded, f"{where}: {now} (recorded {recorded})"
 
@@ -66,11 +79,22 @@ def same(recorded, now, where: str) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_pipeline_gives_the_recorded_numbers(case, tmp_path, shared_cache):
     rows = run_case(CASES[case], tmp_path, shared_cache)
+    sets = json.loads(GOLDEN.read_text())["sets"] if GOLDEN.exists() else []
     if RECORD:
-        recorded = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
-        GOLDEN.write_text(json.dumps({**recorded, case: rows}, indent=1, sort_keys=True) + "\n")
+        mine = next((s for s in sets if s["cpu"] == cpu_kind()), None)
+        if mine is None:
+            sets.append(mine := {"cpu": cpu_kind(), "recorded": "", "rows": {}})
+        mine["rows"][case] = rows
+        GOLDEN.write_text(json.dumps({"sets": sets}, indent=1, sort_keys=True) + "\n")
         pytest.skip("recorded")
-    recorded = json.loads(GOLDEN.read_text())[case]
-    assert len(rows) == len(recorded)
-    for i, (was, now) in enumerate(zip(recorded, rows)):
-        same(was, now, f"{case}[{i}]")
+    misses = []
+    for recorded_set in sets:
+        recorded = recorded_set["rows"][case]
+        try:
+            assert len(rows) == len(recorded), f"{case}: {len(rows)} rows (recorded {len(recorded)})"
+            for i, (was, now) in enumerate(zip(recorded, rows)):
+                same(was, now, f"{case}[{i}]")
+            return
+        except AssertionError as exc:
+            misses.append(f"rows recorded on {recorded_set['cpu']}: {str(exc).splitlines()[0]}")
+    pytest.fail(f"this CPU ({cpu_kind()}) matches no recorded set:\n" + "\n".join(misses))
