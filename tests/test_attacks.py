@@ -56,7 +56,7 @@ def test_reference_attacks_are_cached_and_deterministic(run_experiment, tmp_path
     second = run_experiment(*overrides, cache_dir=tmp_path / "c")
     assert first["reference"]["original"]["relearn.UA"] == second["reference"]["original"]["relearn.UA"]
     assert first["metrics"]["relearn.UA"] == second["metrics"]["relearn.UA"]  # same seed, same numbers
-    assert len(list((tmp_path / "c").glob("attack-eval-*.pt"))) == 2  # the original's and the oracle's
+    assert len(list((tmp_path / "c").glob("attack-eval-*.safetensors"))) == 2  # the original's and the oracle's
     retain = run_experiment(*overrides, "attack.data=retain", cache_dir=tmp_path / "c")
     assert retain["reference"]["original"]["relearn.UA"] != first["reference"]["original"]["relearn.UA"] or \
         retain["metrics"]["relearn.RA"] != first["metrics"]["relearn.RA"]

@@ -81,4 +81,4 @@ def test_parallel_workers_lose_no_rows_and_train_once(tmp_path):
     # The workers share one cache: exactly one of them trained the original and the oracle.
     assert sum(not r["timings"]["original_cached"] for r in rows) == 1
     assert sum(not r["timings"]["oracle_cached"] for r in rows) == 1
-    assert len(list((tmp_path / "cache").glob("original-*.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("original-*.safetensors"))) == 1

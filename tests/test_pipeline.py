@@ -178,7 +178,7 @@ def test_cli_bad_ratio_is_one_clear_line_and_leaves_nothing(tmp_path):
     assert "error: forget.ratio=1.5 is out of range: it must be a number in (0, 1) or null" in result.stderr
     assert "Traceback" not in result.stderr
     assert not any((tmp_path / "out").rglob("*.*")), "a refused run must leave no files"
-    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").glob("*.pt"))
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").glob("*.safetensors"))
 
 
 def test_cli_multirun_trains_original_and_oracle_once(tmp_path):

@@ -259,7 +259,7 @@ def test_names_of_weights_are_refused_before_anything_trains(overrides, message,
     monkeypatch.setattr(ModelStore, "train", never)
     with pytest.raises(ConfigError, match=message):
         Experiment(compose_config(*LLM_TINY, f"cache_dir={tmp_path / 'cache'}", *overrides))
-    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt"))
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))
 
 
 def test_a_missing_stable_diffusion_path_is_refused_before_the_judge_trains(tmp_path):

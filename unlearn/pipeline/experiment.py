@@ -66,7 +66,6 @@ class Experiment:
         self.seed = int(cfg.seed)
         self.runtime = Runtime.from_config(cfg.device, cfg.precision, cfg.channels_last, cfg.get("threads"))
         self.cache = cache or Cache(cfg.cache_dir, enabled=bool(cfg.use_cache))
-        self.cache.check_writable()
         # Everything that can be refused is checked and built first, so bad input fails before any training:
         # every knob of every node against its declared range (unlearn/knobs.py), then the objects themselves.
         check_node(cfg)
@@ -100,6 +99,7 @@ class Experiment:
         if source_check is not None:
             source_check(self.model_config)
         self.method.check_weights(self.models.probe_model)
+        self.cache.check_writable()  # after every other refusal: it creates the folder
         if cfg.get("threads", "auto") == "auto":  # after every refusal: the estimate builds the data
             self.runtime.use_threads(auto_threads(self.runtime.device, lambda: self.models.training_flop()[0]))
 
