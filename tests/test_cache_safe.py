@@ -203,7 +203,8 @@ def test_a_cache_folder_that_cannot_be_written_is_one_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"cache folder .*file/cache is not writable.*use_cache=false"):
         Cache(tmp_path / "file" / "cache").check_writable()
     Cache(tmp_path / "file" / "cache", enabled=False).check_writable()  # no cache, nothing to write
-    Cache(tmp_path / "fresh" / "cache").check_writable()  # created
+    Cache(tmp_path / "fresh" / "cache").check_writable()  # its parent can be written: fine, and nothing created yet
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_only_cached_refuses_to_compute(tiny_cache):

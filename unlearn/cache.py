@@ -301,9 +301,15 @@ class Cache:
         if not self.enabled:
             return
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check.", suffix=".tmp"):
-                pass
+            if self.root.exists():
+                with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check.", suffix=".tmp"):
+                    pass
+            else:  # not created here: a run refused a moment later must leave nothing behind
+                parent = next(p for p in self.root.absolute().parents if p.exists())
+                if not parent.is_dir():
+                    raise NotADirectoryError(20, "Not a directory", str(parent))
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise PermissionError(13, "Permission denied", str(parent))
         except OSError as exc:
             raise ConfigError(f"the cache folder {self.root} is not writable ({exc.strerror or exc}); point cache_dir= "
                               f"(or $UNLEARN_CACHE) at a folder you can write, or run with use_cache=false") from None
