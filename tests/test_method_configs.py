@@ -25,7 +25,7 @@ RECORD = os.environ.get("UNLEARN_RECORD_METHOD_CONFIGS") == "1"
 ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
-DATA = ["default", "facts", "digits_gen", "shapes_t2i", "mnist_gen", "news"]   # all but default have conf/tuned/<data>/<method> overlays
+DATA = ["default", "facts", "digits_gen", "shapes_t2i", "mnist_gen", "news", "known_facts"]   # all but default have conf/tuned/<data>/<method> overlays
 SHARED = CONF_DIR / "method_defaults"   # optimizer.yaml < gradient.yaml, and mask.yaml: pulled in with @_here_
 
 

@@ -1,15 +1,21 @@
 """`python -m unlearn compare PATH [--format md|csv|latex] [--by COLUMN] [--metrics a,b] [--out FILE]
 [--plot PNG] [--html PAGE]` and `python -m unlearn steps PATH [--metrics a,b] [--by param,param] [--format ...]
 [--out FILE] [--plot PNG]` (a deletion stream's methods × steps table and curves), and `python -m unlearn
-reproduce TABLE [--rows ...] [--seeds ...]` (rerun a committed table's commands and compare every metric)."""
+reproduce TABLE [--rows ...] [--seeds ...]` (rerun a committed table's commands and compare every metric), and
+the other tools of SUBCOMMANDS (`export`/`verify` release bundles, `leaderboard`)."""
 from __future__ import annotations
 
 import argparse
 import glob
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
 from unlearn.errors import UnlearnError
+
+# Modules each giving `add_parser(subparsers)`, whose parser sets `func` (parsed args -> exit status).
+SUBCOMMANDS = ("unlearn.reproduce", "unlearn.bundle", "unlearn.leaderboard", "unlearn.tune")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,14 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     steps.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     steps.add_argument("--out", help="write the table here as well as printing it")
     steps.add_argument("--plot", help="per-step curves (PNG)")
-    from unlearn import reproduce
-
-    reproduce.add_parser(sub)
+    for name in SUBCOMMANDS:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "steps":
         return _steps(args)
-    if args.command == "reproduce":
-        return reproduce.main(args)
+    if hasattr(args, "func"):
+        return args.func(args)
 
     from unlearn.report import html
     from unlearn.report.compare import EXTRA_METRICS, compare

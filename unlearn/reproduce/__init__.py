@@ -138,6 +138,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--k", type=float, default=K, help="tolerance: k × the committed seeds' std (default 3)")
     parser.add_argument("--atol", type=float, default=ATOL, help="tolerance floor, absolute (default 1e-6)")
     parser.add_argument("--rtol", type=float, default=RTOL, help="tolerance floor, relative to |committed| (default 1e-6)")
+    parser.set_defaults(func=main)
     return parser
 
 

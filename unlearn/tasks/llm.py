@@ -215,16 +215,19 @@ class LanguageModelTask(Task):
             model.train(was_training)
         return np.array(norms, dtype=np.float64)
 
-    def membership_scores(self, model: nn.Module, data: TensorData, runtime: Runtime) -> dict[str, np.ndarray]:
+    def membership_scores(self, model: nn.Module, data: TensorData, runtime: Runtime,
+                          names: tuple[str, ...] = MIA_SCORES) -> dict[str, np.ndarray]:
         """Per-example scores of the MIA family (higher = less member-like): LOSS, zlib, Min-K%, Min-K%++,
-        GradNorm; plus the token statistics they came from."""
+        GradNorm; plus the token statistics they came from. GradNorm (one backward pass of the whole model per
+        example) only if `names` holds it."""
         stats = self.token_statistics(model, data, runtime)
         nll = -np.where(stats["mask"], stats["logp"], 0.0).sum(1) / np.maximum(stats["mask"].sum(1), 1)
         z = min_k_plus_plus_tokens(stats["logp"], stats["vocab_mean"], stats["vocab_var"])
         return {"loss": nll, "zlib": zlib_scores(nll, self.true_answers(data)),
                 "min_k": min_k_scores(stats["logp"], stats["mask"], self.min_k),
                 "min_k_pp": min_k_scores(z, stats["mask"], self.min_k),
-                "gradnorm": self.gradient_norms(model, data, runtime), "stats": stats}
+                **({"gradnorm": self.gradient_norms(model, data, runtime)} if "gradnorm" in names else {}),
+                "stats": stats}
 
     def families(self, splits: Splits) -> dict[str, TensorData]:
         """The sets scored with true and false answers (truth ratio), "forget" first: the forget facts, the
