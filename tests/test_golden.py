@@ -20,6 +20,7 @@ from conftest import TINY
 from test_diffusion import ADAM, TINY_DIFFUSION
 from test_llm import ADAMW, TINY_LLM
 from test_t2i import TINY_WORLD
+from unlearn.runtime import cpu_kind
 from unlearn.config import build, compose_config
 from unlearn.pipeline import Experiment
 from unlearn.results import load_rows
@@ -27,13 +28,6 @@ from unlearn.results import load_rows
 GOLDEN = Path(__file__).with_name("golden_rows.json")
 
 
-def cpu_kind() -> str:
-    """torch's CPU kernels (AVX2, AVX512, ...), the vendor and the model name: what a CPU model's rounding follows."""
-    import torch
-
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    field = lambda name: next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith(name)), "")  # noqa: E731
-    return " ".join(filter(None, [torch.backends.cpu.get_cpu_capability(), field("vendor_id"), field("model name")]))
 RECORD = os.environ.get("UNLEARN_RECORD_GOLDEN") == "1"
 
 CASES = {

@@ -149,8 +149,8 @@ def test_tolerance_is_k_seed_stds_above_a_floor():
     assert reproduce.tolerance([1.0, float("nan"), 3.0], 1.0) == pytest.approx(3 * math.sqrt(2))  # NaN left out
 
 
-def env(torch="2.14.1", threads=1, device="cpu"):
-    return {"torch": torch, "threads": threads, "device": device}
+def env(torch="2.14.1", threads=1, device="cpu", cpu_kind="AVX2 AuthenticAMD AMD EPYC"):
+    return {"torch": torch, "threads": threads, "device": device, "cpu_kind": cpu_kind}
 
 
 @pytest.mark.parametrize("committed, reproduced, reason", [
@@ -161,6 +161,8 @@ def env(torch="2.14.1", threads=1, device="cpu"):
     ({"environment": env(threads=2)}, {"environment": env()}, "threads 2 → 1"),
     ({"environment": env(torch="2.3.0")}, {"environment": env()}, "torch 2.3.0 → 2.14.1"),
     ({"environment": env(device="cuda:0")}, {"environment": env(device="cuda:0")}, "only CPU runs"),
+    ({"environment": env()}, {"environment": env(cpu_kind="AVX512 GenuineIntel Xeon")}, "CPU AVX2 AuthenticAMD AMD EPYC → AVX512"),
+    ({"environment": env(cpu_kind=None)}, {"environment": env()}, None),   # rows from before the CPU kind was recorded
     ({}, {"environment": env()}, "records no environment"),
 ])
 def test_exact_comparison_only_where_determinism_is_promised(committed, reproduced, reason):

@@ -30,6 +30,18 @@ default_threads()
 ONE_THREAD_MAX_STEP_FLOP = 1e10
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_kind() -> str:
+    """torch's CPU kernels (AVX2, AVX512, ...), the CPU vendor and model name, e.g. "AVX2 AuthenticAMD AMD EPYC
+    9B14": what a CPU run's rounding follows besides the torch build and thread count (measured: the same seed
+    trains another model on another CPU kind)."""
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    field = lambda name: next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith(name)), "")  # noqa: E731
+    return " ".join(filter(None, [torch.backends.cpu.get_cpu_capability(), field("vendor_id"), field("model name")]))
+
+
 def derive_seed(seed: int, *names: str) -> int:
     """A stable per-stage seed, so stages draw independent but reproducible random streams."""
     digest = hashlib.blake2b("/".join([str(seed), *names]).encode(), digest_size=8).digest()

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from unlearn.eval.gap import average_gap, gaps
+from unlearn.runtime import cpu_kind
 from unlearn.report.tables import WIDTH, attack_of, base_name, fmt, split_markdown, term, units_note, wrap
 
 SCHEMA_VERSION = 1
@@ -36,7 +37,8 @@ def code_version() -> str:
 def environment(device: str, batch_size: int | None) -> dict[str, Any]:
     """What results move with (the reproducibility complaints filed most against LLM harnesses): library
     versions, the device, torch's CPU threads (they change a CPU run's rounding, so its numbers), the number of
-    processes and the effective batch size (per-process batch × processes)."""
+    processes and the effective batch size (per-process batch × processes), and the CPU kind (`cpu_kind`: its kernels
+and model also move a CPU run's numbers)."""
     import importlib.metadata as md
     import os
     import platform
@@ -54,7 +56,8 @@ def environment(device: str, batch_size: int | None) -> dict[str, Any]:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     return {"harness": code_version(), "python": platform.python_version(),
             **{lib: version(lib) for lib in ("torch", "transformers", "diffusers", "peft", "accelerate")},
-            "device": str(dev), "device_name": name, "threads": torch.get_num_threads(), "processes": processes,
+            "device": str(dev), "device_name": name, "threads": torch.get_num_threads(), "cpu_kind": cpu_kind(),
+            "processes": processes,
             "effective_batch_size": None if batch_size is None else int(batch_size) * processes}
 
 

@@ -27,8 +27,8 @@ def tolerance(seed_values: Sequence[float], committed: float, k: float = K, atol
 
 
 def exact_reason(committed: dict[str, Any], reproduced: dict[str, Any]) -> str | None:
-    """None where the harness promises the same numbers for the two rows (both on a CPU, same torch build and
-    thread count), else why not (shown beside the row; its metrics are then compared within tolerance)."""
+    """None where the harness promises the same numbers for the two rows (both on a CPU, same torch build, thread
+    count and CPU kind where the committed row records one), else why not (shown beside the row; its metrics are then compared within tolerance)."""
     old, new = committed.get("environment") or {}, reproduced.get("environment") or {}
     if not old:
         return "the committed row records no environment"
@@ -45,6 +45,8 @@ def exact_reason(committed: dict[str, Any], reproduced: dict[str, Any]) -> str |
         return "the committed row records no thread count (environment.threads, or a numeric threads= in its config)"
     if threads != new.get("threads"):
         return f"threads {threads} → {new.get('threads')}"
+    if old.get("cpu_kind") is not None and old["cpu_kind"] != new.get("cpu_kind"):
+        return f"CPU {old['cpu_kind']} → {new.get('cpu_kind')}"
     return None
 
 
