@@ -1,6 +1,7 @@
 """data=known_facts on small files: the answer check on known answers, the facts file, the filter of facts a model
 knows (a tiny byte-level Llama taught some of them), and the protocol end to end without an oracle."""
 import json
+import math
 
 import pytest
 import torch
@@ -145,7 +146,7 @@ def test_known_facts_runs_end_to_end_against_the_base_model(run_experiment, taug
     assert {"forget_quality", "privleak", "mia_reference_auc"}.isdisjoint(m)  # no oracle-relative metrics
     assert {"neighbour_acc", "utility_prob", "forget_fluency_ppl", "mia_min_k_pp_auc"} <= set(m)
     assert "mia_gradnorm_auc" not in m  # by default: it costs a backward pass per fact (data.task.mia adds it)
-    assert set(row["gap"]) == {"forget_acc", "neighbour_acc", "utility_acc", "forget_prob"}
+    assert row["gap"] == {} and math.isnan(row["avg_gap"])  # no oracle: a distance from the base is no Avg. Gap
 
 
 def test_the_membership_attacks_are_named_from_the_family():

@@ -1,10 +1,9 @@
 """Forgetting knowledge a pretrained model really has (`data=known_facts`, RWKU/WMDP-style), scored against the base.
 
 There is no oracle: nobody can retrain a pretrained model without the facts. The data's recipe trains 0 epochs,
-so the run's original *and* its oracle column are the base model itself, and every gap in the row is the distance
-from the base model (the convention of the WMDP configs): a good method has a large gap on `forget_acc` /
-`forget_prob` and small gaps on the neighbour and utility metrics. Oracle-relative metrics (forget quality,
-privleak, the reference attack) are absent.
+so the run's original *and* its oracle column are the base model itself: a good method lowers `forget_acc` /
+`forget_prob` far below the base's and keeps the neighbour and utility metrics near it. Oracle-relative metrics
+(forget quality, privleak, the reference attack, Avg. Gap) are absent.
 """
 from __future__ import annotations
 
@@ -44,9 +43,12 @@ class KnownFactsTask(LanguageModelTask):
     - `judged_by`: the fluency of the forget answers (perplexity under the base model, repetition, words found in
       no question or answer of the data): a model that answers gibberish has not forgotten well.
     Neighbour and utility sets are scored on at most `max_eval` facts each (a fixed draw), so a run's cost does not
-    grow with the file. Avg. Gap averages the gaps to the base of the three accuracies and `forget_prob`."""
+    grow with the file. There is no Avg. Gap (`gap_metrics` is empty, so the row's `avg_gap` is NaN and the
+    leaderboard lists the setting as not ranked): a distance from the *base* model is small for a method that forgot
+    nothing, so averaging it would rank the methods upside down. Read `forget_acc` (lower is better) against
+    `neighbour_acc` and `utility_acc` (higher is better), as WMDP reports accuracy and MMLU."""
 
-    gap_metrics = ("forget_acc", "neighbour_acc", "utility_acc", "forget_prob")
+    gap_metrics: tuple[str, ...] = ()
     utility_metrics = ("neighbour_acc", "utility_acc")
     knobs = {"max_eval": COUNT}
 
