@@ -1,11 +1,11 @@
 """`python -m unlearn reproduce`: rerunning a table's recorded commands and comparing every metric.
 
-The end-to-end reproduction runs over a tiny table this module writes itself with the real `python run.py` (a
-`-m` sweep over a config group on tiny digits, and a facts LM run; each row reruns in under 20 s of one core): no
-committed row is both cheap enough for the suite and reproduced by today's code (the committed digits rows, ~20 s
-each, predate metric and training changes; a committed facts row takes a minute). The numbers themselves are
-guarded by test_golden.py. Committed tables are used where nothing trains: how their sweep commands narrow to one
-run, and how a .md finds its rows."""
+The committed table results/reproduce_ci.jsonl (one cheap setting per track: classification, facts LM, diffusion,
+text-to-image; 3 seeds each) has its seed-0 rows rerun here: exact on the torch build, thread count and CPU kind
+that made it, else within 3 × its seeds' std. So a change that moves published numbers fails here on any machine.
+The rest runs over a tiny table this module writes itself with the real `python run.py` (a `-m` sweep over a config
+group on tiny digits, and a facts LM run): altered values, rows that no longer compose, devices. Committed tables
+are also used where nothing trains: how their sweep commands narrow to one run, and how a .md finds its rows."""
 from __future__ import annotations
 
 import json
@@ -45,6 +45,15 @@ def tiny_table(tmp_path_factory) -> tuple[Path, Path]:
     shutil.copy(folder / "out" / "tiny" / "table.jsonl", table)
     assert [r["method"] for r in rows_of(table)] == ["ga", "rl", "ga"]
     return table, folder / "cache"
+
+
+def test_the_committed_ci_table_reproduces(tmp_path, capsys):
+    """The seed-0 row of each track of results/reproduce_ci.jsonl, rerun from a fresh cache (4 runs)."""
+    status = reproduce.main([str(ROOT / "results" / "reproduce_ci.jsonl"), "--seeds", "0", "--cache",
+                             str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert status == 0, out[-4000:]
+    assert "0 drift, 0 missing" in out and out.count(" s0: ") == 4
 
 
 def rows_of(table: Path) -> list[dict]:
