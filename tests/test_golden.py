@@ -3,10 +3,14 @@ shapes_t2i, a stream, a population, a pruned run, an attacked run) against rows 
 
 A CPU model's numbers depend on the CPU's kernels as well as on the thread count (the same code and seeds gave
 another oracle, TA 93.87 vs 93.59, on an AMD EPYC (AVX2) than on the machine the first rows were recorded on), so
-tests/golden_rows.json holds one set of rows per CPU kind recorded, and a run must match one of them: every
-recorded value (new metrics may be added), to a relative 1e-6. `UNLEARN_RECORD_GOLDEN=1 pytest tests/test_golden.py`
-(without -n) records the current code's rows as this CPU kind's set; do that only for a change meant to move
-numbers (then drop the other sets, which no longer hold), or to add a CPU kind, and say which in the commit."""
+tests/golden_rows.json holds one set of rows per CPU kind (and torch build, where recorded), and a run must match
+one of them: every recorded value (new metrics may be added), to a relative 1e-6. On a CPU kind or torch build no set
+was recorded for, nothing can be exact: the case is skipped, naming the command that records it
+(tests/test_reproduce.py's run of results/reproduce_ci.jsonl then guards the numbers within the seeds' spread).
+Measured: another CPU kind moves noisy figures (a KL 95th percentile, a repetition rate) by 20-50% relative.
+`UNLEARN_RECORD_GOLDEN=1 pytest tests/test_golden.py` (without -n) records the current code's rows as this
+environment's set; do that only for a change meant to move numbers (then drop the other sets, which no longer
+hold), or to add an environment, and say which in the commit."""
 from __future__ import annotations
 
 import json
@@ -15,6 +19,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY
 from test_diffusion import ADAM, TINY_DIFFUSION
@@ -75,9 +80,9 @@ def test_the_pipeline_gives_the_recorded_numbers(case, tmp_path, shared_cache):
     rows = run_case(CASES[case], tmp_path, shared_cache)
     sets = json.loads(GOLDEN.read_text())["sets"] if GOLDEN.exists() else []
     if RECORD:
-        mine = next((s for s in sets if s["cpu"] == cpu_kind()), None)
+        mine = next((s for s in sets if ours(s)), None)
         if mine is None:
-            sets.append(mine := {"cpu": cpu_kind(), "recorded": "", "rows": {}})
+            sets.append(mine := {"cpu": cpu_kind(), "torch": torch.__version__, "recorded": "", "rows": {}})
         mine["rows"][case] = rows
         GOLDEN.write_text(json.dumps({"sets": sets}, indent=1, sort_keys=True) + "\n")
         pytest.skip("recorded")
@@ -91,4 +96,12 @@ def test_the_pipeline_gives_the_recorded_numbers(case, tmp_path, shared_cache):
             return
         except AssertionError as exc:
             misses.append(f"rows recorded on {recorded_set['cpu']}: {str(exc).splitlines()[0]}")
-    pytest.fail(f"this CPU ({cpu_kind()}) matches no recorded set:\n" + "\n".join(misses))
+    if not any(ours(recorded_set) for recorded_set in sets):
+        pytest.skip(f"no golden rows recorded on this CPU kind ({cpu_kind()}) and torch {torch.__version__}, and no "
+                    f"other set matches exactly; record them: UNLEARN_RECORD_GOLDEN=1 pytest tests/test_golden.py")
+    pytest.fail(f"this CPU ({cpu_kind()}, torch {torch.__version__}) matches no recorded set:\n" + "\n".join(misses))
+
+
+def ours(recorded_set: dict) -> bool:
+    """A set recorded in this environment: the same CPU kind and (where the set records it) torch build."""
+    return recorded_set["cpu"] == cpu_kind() and recorded_set.get("torch", torch.__version__) == torch.__version__

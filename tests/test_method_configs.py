@@ -66,7 +66,7 @@ def test_every_method_resolves_as_recorded(snapshot, data):
 
 def test_shared_defaults_are_not_a_method_choice():
     shared = sorted(p.stem for p in SHARED.glob("*.yaml"))
-    assert shared == ["gradient", "mask", "optimizer"] and not set(shared) & set(METHODS)
+    assert shared == ["gradient", "mask", "optimizer", "protocol"] and not set(shared) & set(METHODS)
     for name in shared:
         with pytest.raises(ConfigError, match=f"method={name} is not a method config"):
             check_choices([f"method={name}"])

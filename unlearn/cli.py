@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 import shutil
 import sys
@@ -60,7 +61,8 @@ def run_from_hydra(cfg: DictConfig) -> float:
     finally:
         for lg in loggers:
             lg.finish()
-    return row["avg_gap"]  # what an Optuna sweeper minimises
+    # What an Optuna sweeper minimises (`python -m unlearn tune`); a diverged run's NaN would fail the trial.
+    return row["avg_gap"] if math.isfinite(row["avg_gap"]) else math.inf
 
 
 def _remove_empty_parents(folder: Path, stop: Path) -> None:

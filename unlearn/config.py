@@ -20,8 +20,13 @@ from unlearn.knobs import check_knobs
 def build(node: DictConfig, **kwargs: Any) -> Any:
     """Instantiate a config node; our own errors come out unwrapped so the user sees one clear message.
 
-    The node's knobs are range-checked first against what its `_target_` declares (unlearn.knobs)."""
+    The node's knobs are range-checked first against what its `_target_` declares (unlearn.knobs). Keys its target
+    names in `pipeline_keys` (a method's protocol settings: unlearn/protocol.py) are the pipeline's to read
+    and are not passed to the constructor."""
     check_node(node)
+    own = pipeline_keys(target_of(node))
+    if any(key in node for key in own):  # resolved first: the copy has no parent to resolve interpolations against
+        node = OmegaConf.create({k: v for k, v in plain(node).items() if k not in own})
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
@@ -31,6 +36,11 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         if cause is not None:
             raise cause from None
         raise
+
+
+def pipeline_keys(target: Any) -> tuple[str, ...]:
+    """Keys of a node the pipeline reads, not its target's constructor (`target.pipeline_keys`; none by default)."""
+    return tuple(getattr(target, "pipeline_keys", ()))
 
 
 def target_of(node: DictConfig) -> Any:
@@ -59,7 +69,7 @@ def check_node(node: DictConfig) -> None:
             raise ConfigError(f"{key} has no value and needs one (give {key}=...)") from None
         settings = {k: v for k, v in resolved.items() if not str(k).startswith("_")}
         check_knobs(target, settings, _where(node))
-        _check_names(target, node, settings)
+        _check_names(target, node, {k: v for k, v in settings.items() if k not in pipeline_keys(target)})
     for key in node:
         child = node._get_node(key)
         if isinstance(child, DictConfig):

@@ -149,6 +149,19 @@ def rank_streams(streams: Streams, generator: torch.Generator, runtime: Runtime)
     return streams.shard(runtime.rank, runtime.world_size), own
 
 
+class Probe(Protocol):
+    """Looks at the model during a loop (the unlearning trajectory, unlearn/pipeline/trajectory.py): called before
+    the first step (step 0) and then every `every` optimiser steps (`unit` "step") or epochs (`unit` "epoch"), with
+    the number of optimiser steps and of epochs (a float: a fraction where the unit is steps) done so far. It
+    returns True to end the loop there: the learning-rate schedule stays that of the full run, so the model it
+    leaves is the full run's checkpoint at that point."""
+
+    every: int
+    unit: str
+
+    def __call__(self, model: nn.Module, step: int, epoch: float) -> bool: ...
+
+
 class StepHooks(Protocol):
     def after_backward(self, model: nn.Module) -> None: ...
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
@@ -166,13 +179,15 @@ def optimise(model: nn.Module, objective: Objective, streams: Streams, config: O
              generator: torch.Generator, *, augment: Callable[[Batch, torch.Generator], Batch] | None = None,
              hooks: StepHooks | None = None, desc: str = "train",
              on_epoch: Callable[[str, int, float], None] | None = None, max_steps: int | None = None,
-             data_parallel: bool = False) -> History:
+             data_parallel: bool = False, probe: Probe | None = None) -> History:
     """Run `config.epochs` epochs of `objective` over `streams`, or exactly `max_steps` steps when given (as many
     epochs as they need, the last one cut short: a relearning attack counts steps, not epochs).
 
     `data_parallel` under `accelerate launch` (runtime.world_size > 1): every process takes its shard of the
     data (`rank_streams`) and the gradients are averaged across processes before each step, so all keep the
     same weights (DDP's rule, on any model and objective; the effective batch is world_size × batch_size).
+
+    `probe` (optional) looks at the model during the loop and may end it early (`Probe`).
 
     Raises DivergedError when an epoch's loss or, after the epoch's last step, any trained weight is not
     finite (the loss is computed before each step, so only the weights show what the last step did)."""
@@ -182,7 +197,7 @@ def optimise(model: nn.Module, objective: Objective, streams: Streams, config: O
         streams, generator = rank_streams(streams, generator, runtime)
     step = _Single(model, objective, streams, config.batch_size, generator, augment)
     return _run(step, trained, config, runtime, hooks, desc, on_epoch, max_steps, streams.steps_per_epoch(config.batch_size),
-                parallel)[0]
+                parallel, probe)[0]
 
 
 def optimise_stacked(stack: "StackedModels", objective: Objective, streams: Streams, config: OptimConfig,
@@ -248,9 +263,11 @@ def _augmented(forget, retain, augment, generator):
 
 
 def _run(step, trained: list[torch.Tensor], config: OptimConfig, runtime: Runtime, hooks: StepHooks | None, desc: str,
-         on_epoch, max_steps: int | None, steps_per_epoch: int, parallel: bool) -> list[History]:
+         on_epoch, max_steps: int | None, steps_per_epoch: int, parallel: bool,
+         probe: Probe | None = None) -> list[History]:
     """The loop itself, for one model (`_Single`) or a stack (`_Stacked`): per-member losses of shape (n,).
-    `parallel`: average gradients (and the epoch's divergence figures) across accelerate's processes."""
+    `parallel`: average gradients (and the epoch's divergence figures) across accelerate's processes.
+    `probe`: see `Probe` (single models only)."""
     optimizer = config.make_optimizer(trained)
     epochs = config.epochs if max_steps is None else math.ceil(max_steps / steps_per_epoch)
     total = max(epochs * steps_per_epoch if max_steps is None else max_steps, 1)
@@ -258,7 +275,18 @@ def _run(step, trained: list[torch.Tensor], config: OptimConfig, runtime: Runtim
     histories = [History() for _ in range(step.n)]
     model = step.module
     model.train()
-    bar = tqdm(range(epochs), desc=desc, leave=False, disable=None)
+    done = 0  # optimiser steps taken
+
+    def look(unit: str, count: int) -> bool:
+        """Whether the probe ends the loop here (False when there is none, or it is not due)."""
+        if probe is None or probe.unit != unit or count % probe.every:
+            return False
+        stop = probe(model, done, done / steps_per_epoch)
+        model.train()  # the probe evaluates in eval mode
+        return stop
+
+    stopped = probe is not None and look(probe.unit, 0)  # step 0: the model the method starts from
+    bar = tqdm(range(0 if stopped else epochs), desc=desc, leave=False, disable=None)
     for epoch in bar:
         running = torch.zeros(step.n, device=runtime.device)
         n_steps = 0
@@ -281,7 +309,11 @@ def _run(step, trained: list[torch.Tensor], config: OptimConfig, runtime: Runtim
                 hooks.after_step(model, optimizer)
             running += losses.detach().float()
             n_steps += 1
+            done += 1
             if max_steps is not None and epoch * steps_per_epoch + n_steps >= max_steps:
+                break
+            if look("step", done):
+                stopped = True
                 break
         # One host sync per epoch: the divergence checks and the logged losses share it.
         lead = (step.n,) if step.n > 1 else ()
@@ -302,6 +334,8 @@ def _run(step, trained: list[torch.Tensor], config: OptimConfig, runtime: Runtim
         bar.set_postfix(loss=f"{mean_loss:.4f}")
         if on_epoch is not None:
             on_epoch(desc, epoch, mean_loss)
+        if stopped or look("epoch", epoch + 1):
+            break
     return histories
 
 

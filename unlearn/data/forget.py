@@ -85,6 +85,27 @@ class ForgetBuilder:
     def cache_fields(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
+    # A validation request (method.select=best_val, `python -m unlearn tune`; docs/tuning.md) is drawn like the
+    # reported request but shares none of its examples, so a checkpoint or a configuration chosen on it has never
+    # seen the forget set the row reports.
+    def check_validation(self, data: DataBundle) -> None:
+        """Raise ConfigError if no validation request can be drawn beside this builder's request on `data` (before
+        anything trains). By default none can: the builder does not know how to draw another request like its own."""
+        raise self.no_validation()
+
+    #: whether `validation` can draw a request (a builder that can overrides it and `check_validation`)
+    draws_validation = False
+
+    def validation(self, data: DataBundle, reported: ForgetSet, seed: int) -> ForgetSet:
+        """A request drawn like `reported` (same kind and size) from what `reported` leaves, from `seed`. By default
+        refused, as `check_validation` is (a builder that can draw one overrides both)."""
+        raise self.no_validation()
+
+    def no_validation(self) -> ConfigError:
+        """The one line refusing a validation request of this builder's kind."""
+        return ConfigError(f"forget={self.name} cannot draw a validation request like its own (method.select=best_val "
+                           f"and `python -m unlearn tune` need one); use forget=random or forget=class")
+
     def gap_metrics(self, task_gap_metrics: tuple[str, ...]) -> tuple[str, ...]:
         """The metrics whose gaps to the oracle make Avg. Gap for this request: the task's, unless the request
         changes what some of them mean (added data)."""
@@ -135,7 +156,32 @@ class RandomForget(ForgetBuilder):
         self.check(data)
         units = self._units(data)
         rng = np.random.default_rng(seed)
-        chosen = np.sort(rng.choice(units, size=self._size(len(units)), replace=False))
+        return self._forget_set(data, np.sort(rng.choice(units, size=self._size(len(units)), replace=False)))
+
+    draws_validation = True
+
+    def check_validation(self, data: DataBundle) -> None:
+        """A second draw of the same size must fit beside the first and leave something to retain."""
+        n_units = len(self._units(data))
+        size = self._size(n_units)
+        if 2 * size >= n_units:
+            unit = "groups" if "group" in data.train.keys() else "training examples"
+            raise ConfigError(f"a validation request of {size} {unit} disjoint from the reported {size} needs more than "
+                              f"{2 * size} of them; {data.name!r} has {n_units}: lower forget.ratio/count")
+
+    def validation(self, data: DataBundle, reported: ForgetSet, seed: int) -> ForgetSet:
+        """As many units (examples, or groups) as `reported`, drawn from those it does not contain."""
+        self.check_validation(data)
+        units = self._units(data)
+        taken = reported.description.get("groups") if "group" in data.train.keys() else reported.indices
+        free = np.setdiff1d(units, np.asarray(taken))
+        rng = np.random.default_rng(seed)
+        forget = self._forget_set(data, np.sort(rng.choice(free, size=self._size(len(units)), replace=False)))
+        forget.description["validation"] = True
+        return forget
+
+    def _forget_set(self, data: DataBundle, chosen: np.ndarray) -> ForgetSet:
+        """The forget set of the chosen units (example ids, or group ids whose every example goes)."""
         if "group" in data.train.keys():
             groups = data.train["group"].cpu().numpy()
             indices = np.flatnonzero(np.isin(groups, chosen))
@@ -182,8 +228,35 @@ class ClassForget(ForgetBuilder):
 
     def build(self, data: DataBundle, seed: int, reference: Optional[Reference] = None) -> ForgetSet:
         self.check(data)
-        indices = np.flatnonzero(np.isin(self._labels(data, "train"), self.classes))
-        test_keep = np.flatnonzero(~np.isin(self._labels(data, "test"), self.classes))
+        return self._forget_set(data, self.classes)
+
+    def _forget_set(self, data: DataBundle, classes: list[int]) -> ForgetSet:
+        indices = np.flatnonzero(np.isin(self._labels(data, "train"), classes))
+        test_keep = np.flatnonzero(~np.isin(self._labels(data, "test"), classes))
         return ForgetSet(indices=indices, test_indices=test_keep,
-                         description={"builder": self.name, "classes": self.classes, "size": int(len(indices))})
+                         description={"builder": self.name, "classes": classes, "size": int(len(indices))})
+
+    draws_validation = True
+
+    def check_validation(self, data: DataBundle) -> None:
+        """As many other classes as the request names must exist (with training examples)."""
+        self.check(data)
+        others = self._others(data)
+        if len(others) < len(self.classes):
+            raise ConfigError(f"a validation request of {len(self.classes)} other class(es) than forget.classes="
+                              f"{self.classes} cannot be drawn: {data.name!r} has only {len(others)} other class(es) "
+                              f"with training examples")
+
+    def _others(self, data: DataBundle) -> np.ndarray:
+        present = np.unique(self._labels(data, "train"))
+        return np.setdiff1d(present, self.classes)
+
+    def validation(self, data: DataBundle, reported: ForgetSet, seed: int) -> ForgetSet:
+        """As many classes as the request names, drawn from the other classes (they also leave the test set)."""
+        self.check_validation(data)
+        rng = np.random.default_rng(seed)
+        classes = sorted(int(c) for c in rng.choice(self._others(data), size=len(self.classes), replace=False))
+        forget = self._forget_set(data, classes)
+        forget.description["validation"] = True
+        return forget
 

@@ -217,6 +217,10 @@ class WorstCaseForget(BilevelSelection, RandomForget):
     """The `ratio` (or `count`) of training examples hardest to forget; of the groups, for grouped data."""
 
     name = "worst_case"
+    # Its request is chosen on the original; a random draw beside it would not be a request "like" it.
+    draws_validation = False
+    check_validation = ForgetBuilder.check_validation
+    validation = ForgetBuilder.validation
 
     def __init__(self, ratio: float | None = 0.1, count: int | None = None, upper_epochs: int = 10,
                  lower_epochs: int = 10, lr_w: float = 0.01, lr_theta: float = 0.01, gamma: float = 0.0,

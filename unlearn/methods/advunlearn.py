@@ -43,6 +43,7 @@ def advunlearn_parameters(model: nn.Module, train: str) -> list[str]:
 
 
 class AdvUnlearn(GradientMethod):
+    traced = False  # a loop of its own
     name = "advunlearn"
     supports = ("t2i",)
     uses_retain = False

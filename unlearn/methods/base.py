@@ -17,8 +17,9 @@ from unlearn.methods.masks import MASKS, FrozenOutsideMask, weight_mask
 from unlearn.models.lora import LoraSettings, prepare_for_training
 from unlearn.runtime import Clock, Runtime, Stopwatch
 from unlearn.tasks.base import Task
-from unlearn.training import (OPTIMIZERS, SCHEDULES, STREAM_MODES, OptimConfig, StackedModels, Streams, optimise,
-                              optimise_stacked, stackable)
+from unlearn.protocol import PROTOCOL_KEYS
+from unlearn.training import (OPTIMIZERS, SCHEDULES, STREAM_MODES, OptimConfig, Probe, StackedModels, Streams,
+                              optimise, optimise_stacked, stackable)
 
 if TYPE_CHECKING:
     from unlearn.attribution import Attribution
@@ -45,6 +46,8 @@ class UnlearnContext:
     # of RTE by the pipeline. None: compute() is simply called.
     artifact: Optional[Callable[[str, dict, Callable[[], Any]], Any]] = None
     oracle_cpu_seconds: float = float("nan")  # the CPU time it took
+    # Looks at the model during the method's loop (the trajectory, method.eval_every; unlearn.training.Probe).
+    probe: Optional[Probe] = None
 
     def cached(self, kind: str, fields: dict, compute: Callable[[], Any]) -> Any:
         return compute() if self.artifact is None else self.artifact(kind, fields, compute)
@@ -76,6 +79,11 @@ class Method:
     supports: Sequence[str] = ALL_TASKS
     uses_oracle: bool = False  # built from the oracle(s) (ctx.oracle / ctx.oracles), so needs them trained
     relabels: bool = False     # trains on task.relabel(forget batch), which some tasks cannot make
+    #: its loop passes `ctx.probe` on, so method.eval_every can record its trajectory (GradientMethod's loop does)
+    traced: bool = False
+    #: keys of its config node the pipeline reads (the protocol: unlearn/protocol.py), not the constructor
+    pipeline_keys = PROTOCOL_KEYS
+    knobs = {"eval_every": Range(1, integer=True, optional=True), "eval_size": COUNT}
 
     def check(self, task: Task) -> None:
         if task.kind not in self.supports:
@@ -141,6 +149,7 @@ class GradientMethod(Method):
 
     uses_forget: bool = True
     uses_retain: bool = True
+    traced = True  # subclasses with a loop of their own (or that reshape the model around it) set False
     default_mask: str = "none"
     #: whether `model.lora.r` applies (False for methods that pick the trained weights or run their own loop)
     trains_lora: bool = True
@@ -212,12 +221,18 @@ class GradientMethod(Method):
         self.prepare(ctx, model)
         optimise(model, lambda m, f, r: self.objective(ctx, m, f, r), self._streams(ctx), self._optim, ctx.runtime,
                  ctx.generator, augment=ctx.task.augment, hooks=_MaskedHooks(self, self._frozen),
-                 desc=f"unlearn[{self.name}]", on_epoch=ctx.on_epoch, data_parallel=True)
+                 desc=f"unlearn[{self.name}]", on_epoch=ctx.on_epoch, data_parallel=True, probe=ctx.probe)
         return model
 
     def _streams(self, ctx: UnlearnContext) -> Streams:
         return Streams(forget=ctx.forget if self.uses_forget else None,
                        retain=ctx.retain if self.uses_retain else None, mode=self.stream)
+
+    def steps(self, forget: TensorData, retain: TensorData) -> int:
+        """The optimiser steps `unlearn` takes on these forget and retain sets (method.eval_every's bound)."""
+        streams = Streams(forget=forget if self.uses_forget else None, retain=retain if self.uses_retain else None,
+                          mode=self.stream)
+        return streams.steps_per_epoch(self.batch_size) * self.epochs
 
     def why_not_stacked(self) -> str | None:
         own = type(self)

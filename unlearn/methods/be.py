@@ -38,6 +38,7 @@ def resize_head(model: nn.Module, name: str, out_features: int) -> None:
 
 
 class BoundaryExpanding(ForgetTowardTargets):
+    traced = False  # mid-loop the model has an extra output class (removed at the end): not the deployed model
     name = "be"
     supports = ("classification",)
 

@@ -84,6 +84,7 @@ class _Surgery:
 
 
 class CDC(GradientMethod):
+    traced = False  # a loop of its own
     name = "cdc"
     supports = ("t2i",)
     uses_retain = False

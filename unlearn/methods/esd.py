@@ -36,6 +36,7 @@ def esd_parameters(model: nn.Module, train: str) -> list[str]:
 
 
 class ESD(GradientMethod):
+    traced = False  # a loop of its own
     trains_lora = False  # picks its own trained weights / runs its own loop
     name = "esd"
     supports = ("t2i",)

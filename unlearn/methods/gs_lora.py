@@ -42,6 +42,7 @@ def check_lora_model(method: str, model: nn.Module, part: str, min_groups: int =
 
 
 class GSLoRA(GradientMethod):
+    traced = False  # a loop of its own
     trains_lora = False  # picks its own trained weights / runs its own loop
     name = "gs_lora"
     supports = ("classification",)

@@ -18,6 +18,7 @@ from unlearn.knobs import NON_NEGATIVE
 
 
 class OutputMatching(GradientMethod):
+    traced = False  # a loop of its own
     trains_lora = False  # picks its own trained weights / runs its own loop
     supports = ("classification",)
 

@@ -5,6 +5,8 @@
   in a second process beside the oracle, `populations` trains population members stacked and computes the
   population metrics;
 - `method_stage`: the method, timed, and the artifacts it asks for;
+- `trajectory`: the method's loop looked into (method.eval_every), its evaluation kept out of the RTE;
+- `selection`: the validation request, its oracle, and the checkpoint chosen on it (method.select=best_val);
 - `evaluation`: metrics, reference metrics and attacks;
 - `step`: everything one request gets, ending in its row;
 - `experiment`: the stages composed from a config, refusing bad input before anything trains.

@@ -31,6 +31,9 @@ from unlearn.pipeline.evaluation import Evaluator
 from unlearn.pipeline.method_stage import MethodStage
 from unlearn.pipeline.populations import Stack, member_seeds
 from unlearn.pipeline.request import Request
+from unlearn.pipeline.selection import Selection
+from unlearn.pipeline.trajectory import make_trajectory
+from unlearn.protocol import Protocol, Tuning
 from unlearn.pipeline.step import Step
 from unlearn.pipeline.store import EpochCallback, ModelStore, find_published
 from unlearn.report.loggers import Logger, record_row
@@ -75,6 +78,10 @@ class Experiment:
         self.builder: ForgetBuilder = build(cfg.forget)
         self.method: Method = build(cfg.method)
         self.method.check(self.task)
+        # The comparison protocol (trajectory, selection, search space: docs/tuning.md), read from the method's node.
+        self.protocol = Protocol.of(plain(cfg.method))
+        self.protocol.check(self.method.name, self.method.traced, self.task.gap_metrics, getattr(self.method, "epochs", None))
+        self.tuning = Tuning.of(cfg.get("tuning"))
         self.task.check_forget(self.builder)
         check_knobs(OptimConfig, plain(cfg.data.train), "data.train")
         self.recipe = OptimConfig(**plain(cfg.data.train))
@@ -92,6 +99,7 @@ class Experiment:
         self.stack = self.models.stack = Stack(self.models)
         self.beside = self.models.beside = Beside(self.models)
         self.stage = MethodStage(self)
+        self.selection = Selection(self)
         self.evaluator = Evaluator(cfg, self.task, self.request, self.attack, self.runtime, self.cache)
         self._check_settings()
         # Names a config gives (a model's source, LoRA's target modules, a method's parameters) are resolved now.
@@ -128,6 +136,19 @@ class Experiment:
                               f"members' oracles, so it needs eval.oracles >= 2 (got {self.n_models})")
         if not float(gamma) > 0 or not 0 <= float(a) <= 1:
             raise ConfigError(f"RMIA needs eval.rmia_gamma > 0 and eval.rmia_offline_a in [0, 1]; got {gamma} and {a}")
+        if self.protocol.select == "best_val" or (self.tuning.trial and self.tuning.request == "validation"):
+            what = "tuning trials" if self.tuning.trial else "method.select=best_val"
+            if self.n_models > 1:
+                raise ConfigError(f"{what} and eval.oracles={self.n_models} do not go together: a population's members "
+                                  f"are trained for the reported request only; use eval.oracles=1")
+            if "oracle" in published:
+                raise ConfigError(f"{what} needs the oracle of a validation request, and oracle.path is the reported "
+                                  f"request's only; drop oracle.path")
+            if self.models.builds_own_original():
+                raise ConfigError(f"{what} runs the method on a validation request, which method "
+                                  f"{self.method.name!r} (it trains its own original) cannot; use method.select=last")
+            if not self.builder.draws_validation:
+                raise self.builder.no_validation()
         if self.n_models > 1 and published:
             given = " and ".join(f"{role}.path" for role in published)
             raise ConfigError(f"eval.oracles={self.n_models} compares populations of models trained from different "
@@ -149,10 +170,13 @@ class Experiment:
         return environment(str(self.runtime.device), getattr(self.method, "batch_size", None))
 
     # ---- a seed's original, forget set and oracle ------------------------------------------------------
-    def prepare(self, on_epoch: EpochCallback | None = None, model_seed: int | None = None) -> Artifacts:
+    def prepare(self, on_epoch: EpochCallback | None = None, model_seed: int | None = None,
+                with_oracle: bool = True) -> Artifacts:
         """The original and oracle for `model_seed` (default: the run's seed) on the run's forget set. Where the
         forget set does not depend on the original and neither model is cached, the original trains in a second
-        process while this one trains the oracle, on a CPU with threads to share (`parallel_training`)."""
+        process while this one trains the oracle, on a CPU with threads to share (`parallel_training`).
+        `with_oracle=False`: the original and the forget set only (a tuning trial, which needs another request's
+        oracle)."""
         model_seed = self.seed if model_seed is None else model_seed
         timings: dict[str, Any] = {}
         t0 = time.perf_counter()
@@ -162,6 +186,11 @@ class Experiment:
 
         if not self.builder.needs_original:  # chosen first: it does not depend on the original
             self._timed_forget(None, None, timings)
+        if not with_oracle:
+            original, original_key, _, cached = self.models.original_model(model_seed, on_epoch)
+            timings.update(original_s=time.perf_counter() - t0, original_cached=cached)
+            nan = float("nan")
+            return Artifacts(model_seed, original, original_key, None, None, Clock(nan, nan), timings)
         with self.beside.original_beside_oracle(model_seed) as beside:
             if beside:
                 oracle, oracle_key, payload = self._timed_oracle(model_seed, None, timings, on_epoch)
@@ -206,18 +235,54 @@ class Experiment:
         """The single scenario: one request, one step, one row (printed as the end-of-run table)."""
         loggers = loggers or []
         self.data()  # validates the forget settings against the data before anything is logged or trained
+        if self.protocol.select == "best_val" or (self.tuning.trial and self.tuning.request == "validation"):
+            self.selection.check()  # a validation request that cannot be drawn: one line, before anything trains
         for lg in loggers:
             lg.start(run_dir, plain(self.cfg))
         on_epoch = lambda stage, epoch, loss: [lg.log_epoch(stage, epoch, loss) for lg in loggers]  # noqa: E731
+        if self.tuning.trial:
+            return self.trial(run_dir, loggers, labels or {}, command, on_epoch)
         art = self.prepare(on_epoch)
         splits = self.splits()
         log.info("forget set: %d examples (%s); retain: %d; test: %d", len(splits.forget),
                  self.request.forget.description.get("builder"), len(splits.retain), len(splits.test))
-        step = Step(art, splits, art.original, art.original_key, on_epoch)
+        self.check_trajectory(splits)
+        fields: dict[str, Any] = {"tuned": self.tuning.recorded()} if self.tuning.record is not None else {}
+        stop_at = None
+        if self.protocol.select == "best_val":  # chosen on the validation request before the reported run starts
+            fields["selection"] = self.selection.choose(art, on_epoch)
+            stop_at = fields["selection"]["position"]
+        trajectory = make_trajectory(self, art, splits, self.request.forget_key, stop_at=stop_at)
+        step = Step(art, splits, art.original, art.original_key, on_epoch, row_fields=fields, trajectory=trajectory)
         row, _ = step.run(self, run_dir=run_dir, loggers=loggers, labels=labels or {}, command=command,
                           save_model=bool(self.cfg.save_model))
         if self.runtime.is_main:
             print("\n" + summary_table(row) + "\n", flush=True)
+        return row
+
+    def check_trajectory(self, splits: Splits) -> None:
+        """Refuse `method.eval_every` steps beyond the steps the method takes on `splits` (before it starts)."""
+        if self.protocol.eval_every is not None and self.protocol.eval_unit == "step":
+            self.protocol.check_steps(self.method.steps(splits.forget, splits.retain))
+
+    def trial(self, run_dir: Path | None, loggers: list[Logger], labels: dict, command: str, on_epoch) -> dict[str, Any]:
+        """A trial of `python -m unlearn tune` (tuning.trial=true): the method on the validation request of this seed
+        (tuning.request=validation), or on the reported request itself (tuning.request=reported: oracle tuning, the
+        optimistic protocol, labelled so), against that request's oracle; with method.select=best_val, the best
+        checkpoint on that same request. One row (`tuning.trial` in it), whose Avg. Gap the sweeper minimises."""
+        if self.tuning.request == "validation":
+            art = self.prepare(on_epoch, with_oracle=False)
+            art, splits, forget, key = self.selection.artifacts(art, on_epoch)
+            self.request.set_forget(forget, key)  # the row, its references and the method's artifacts are V's
+        else:
+            art = self.prepare(on_epoch)
+            splits = self.splits()
+        self.check_trajectory(splits)
+        trajectory = make_trajectory(self, art, splits, self.request.forget_key,
+                                     keep_best=self.protocol.select == "best_val")
+        step = Step(art, splits, art.original, art.original_key, on_epoch, trajectory=trajectory,
+                    row_fields={"trial": {"request": self.tuning.request, "select": self.protocol.select}})
+        row, _ = step.run(self, run_dir=run_dir, loggers=loggers, labels=labels, command=command, save_model=False)
         return row
 
 

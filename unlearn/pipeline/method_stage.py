@@ -21,6 +21,7 @@ from unlearn.pipeline.populations import finite_model, member_seeds
 from unlearn.pipeline.store import EpochCallback, seed_stage
 from unlearn.runtime import Clock, Stopwatch, derive_seed
 from unlearn.tasks.base import Splits
+from unlearn.training import Probe
 
 if TYPE_CHECKING:
     from unlearn.pipeline.experiment import Artifacts, Experiment
@@ -38,7 +39,8 @@ class MethodStage:
         self.precompute_seconds: dict[str, float] = {}
         self._attribution: Attribution | None = None
 
-    def context(self, art: "Artifacts", splits: Splits, on_epoch: EpochCallback | None) -> UnlearnContext:
+    def context(self, art: "Artifacts", splits: Splits, on_epoch: EpochCallback | None,
+                probe: Probe | None = None) -> UnlearnContext:
         x = self.x
         return UnlearnContext(task=x.task, original=art.original, forget=splits.forget, retain=splits.retain,
                               runtime=x.runtime, generator=x.runtime.generator(art.model_seed, "method"),
@@ -47,13 +49,15 @@ class MethodStage:
                               on_epoch=on_epoch, forget_indices=x.request.forget.indices,
                               attribution=self.attribution,
                               oracles=lambda n: self.matching_oracles(n, masks_of(art.original) or None),
-                              artifact=lambda kind, fields, compute: self.artifact(art, kind, fields, compute))
+                              artifact=lambda kind, fields, compute: self.artifact(art, kind, fields, compute),
+                              probe=probe)
 
-    def unlearn(self, art: "Artifacts", splits: Splits,
-                on_epoch: EpochCallback | None = None) -> tuple[nn.Module | None, str, Clock]:
-        """(θu or None if the method diverged, status, RTE: wall and CPU seconds)."""
+    def unlearn(self, art: "Artifacts", splits: Splits, on_epoch: EpochCallback | None = None,
+                probe: Probe | None = None) -> tuple[nn.Module | None, str, Clock]:
+        """(θu or None if the method diverged, status, RTE: wall and CPU seconds). `probe`: the trajectory
+        (method.eval_every), whose evaluation time `building` keeps out of the RTE."""
         method = self.x.method
-        ctx = self.context(art, splits, on_epoch)
+        ctx = self.context(art, splits, on_epoch, probe)
         seed_stage(art.model_seed, "method")
         building = self.building_seconds
         with Stopwatch() as clock:

@@ -3,6 +3,9 @@ F a run works on, chosen once from the run's seed (and original, for builders th
 (a stream's cumulative request)."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -67,6 +70,29 @@ class Request:
     def set_forget(self, forget: ForgetSet, key: str) -> None:
         """Use this forget set from now on (a scenario's request instead of the forget builder's)."""
         self._forget = forget, key
+
+    def validation_set(self) -> tuple[ForgetSet, str, bool]:
+        """(V, its key, cached): the validation request, drawn like the run's forget set but disjoint from it, from
+        the run's seed (docs/tuning.md). Its key hashes how it was drawn (data, builder, seed), not F's identity."""
+        data, data_key = self.data()
+        reported, _, _ = self.forget_set(None, None)
+        key = content_key("validation-forget", code=code_digest(type(self.builder)), data=data_key,
+                          builder=type(self.builder).__qualname__, fields=self.builder.cache_fields(), seed=self.seed)
+        seed_stage(self.seed, "validation-forget")
+        forget, cached = self.cache.get_or_compute(
+            key, lambda: self.builder.validation(data, reported, derive_seed(self.seed, "validation")), "validation request")
+        return forget, key, cached
+
+    @contextlib.contextmanager
+    def using(self, forget: ForgetSet, key: str) -> Iterator[None]:
+        """Within the block, the request is `forget` (a validation run: the method's artifacts, such as its weight
+        mask, are keyed by it); the run's own request afterwards."""
+        before = self._forget
+        self._forget = forget, key
+        try:
+            yield
+        finally:
+            self._forget = before
 
     @property
     def forget(self) -> ForgetSet:

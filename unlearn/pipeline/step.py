@@ -7,6 +7,7 @@ one step; `sequence` one per request, each starting from the model the step befo
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,8 @@ from unlearn.models.pruning import sparsity
 from unlearn.pipeline.populations import population
 from unlearn.pipeline.store import EpochCallback
 from unlearn.progress import Stages
-from unlearn.report.loggers import Logger, write_json_atomic
+from unlearn.pipeline.trajectory import Trajectory
+from unlearn.report.loggers import Logger, write_json_atomic, write_text_atomic
 from unlearn.report.row import make_row
 from unlearn.runtime import Clock
 from unlearn.tasks.base import Splits
@@ -61,6 +63,7 @@ class Step:
     row_fields: dict[str, Any] = field(default_factory=dict)
     forget_record: dict[str, Any] | None = None  # written to forget_indices.json (default: the request's indices)
     diverged_before: bool = False           # a stream whose method diverged earlier: no model to start from
+    trajectory: Trajectory | None = None    # method.eval_every: the method's loop is looked into (docs/tuning.md)
 
     def run(self, x: "Experiment", *, run_dir: Path | None, loggers: list[Logger], labels: dict, command: str,
             save_model: bool, finish: Callable[[dict, dict, dict, float], None] | None = None
@@ -71,8 +74,10 @@ class Step:
         if self.diverged_before:
             unlearned, status, seconds, method_figures = None, "diverged", Clock(float("nan"), float("nan")), {}
         else:
-            unlearned, status, seconds = x.stage.unlearn(art, splits, self.on_epoch)
+            unlearned, status, seconds = x.stage.unlearn(art, splits, self.on_epoch, self.trajectory)
             method_figures = x.method.run_metrics()
+            if self.trajectory is not None:  # a tuning trial's kept best checkpoint, else θu as the loop left it
+                unlearned = self.trajectory.finish(unlearned)
         refs = {"original": (self.original, self.original_key), "oracle": (art.oracle, art.oracle_key)}
         refs = {role: ref for role, ref in refs.items() if ref[0] is not None}
         parts = (len(refs) + 1) * (1 + (x.attack is not None))
@@ -102,7 +107,8 @@ class Step:
             oracle=reference.get("oracle", {}), gap_metrics=x.builder.gap_metrics(task.gap_metrics), command=command,
             config=plain(x.cfg), run_dir=str(run_dir) if run_dir else None,
             timings=art.timings | ({"precompute_s": x.stage.precompute_seconds} if x.stage.precompute_seconds else {}),
-            env=x.environment()) | self.row_fields
+            env=x.environment()) | self.row_fields | (
+                {"trajectory": self.trajectory.record()} if self.trajectory is not None and self.trajectory.points else {})
         if run_dir is not None and x.runtime.is_main:
             self._write(x, Path(run_dir), unlearned, save_model)
         x.record(row, run_dir, loggers)
@@ -146,6 +152,9 @@ class Step:
         from unlearn.pipeline.experiment import save_model as save
 
         forget = x.request.forget
+        if self.trajectory is not None and self.trajectory.points:  # one line per checkpoint, for a person or a plot
+            write_text_atomic(run_dir / "trajectory.jsonl",
+                              "".join(json.dumps(point) + "\n" for point in self.trajectory.points))
         write_json_atomic(run_dir / "forget_indices.json", self.forget_record or {
             "indices": forget.indices.tolist(),
             "test_indices": None if forget.test_indices is None else forget.test_indices.tolist(),

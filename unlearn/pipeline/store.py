@@ -26,6 +26,7 @@ from unlearn.tasks.base import Task
 from unlearn.training import OptimConfig
 
 if TYPE_CHECKING:
+    from unlearn.data.forget import ForgetSet
     from unlearn.pipeline.beside import Beside
     from unlearn.pipeline.populations import Stack
     from unlearn.pipeline.request import Request
@@ -173,9 +174,11 @@ class ModelStore:
         return content_key("original", **self.trained_key_fields(model_seed),
                            **({"checkpoint_epoch": checkpoint_epoch} if checkpoint_epoch else {}))
 
-    def oracle_key(self, model_seed: int, masks: dict | None) -> str:
-        return content_key("oracle", **self.trained_key_fields(model_seed), forget=self.request.forget.indices,
-                           masks=masks)
+    def oracle_key(self, model_seed: int, masks: dict | None, forget: "ForgetSet | None" = None) -> str:
+        """The identity of the retrain without `forget` (default: the request's forget set): its indices only, so a
+        validation request's oracle shares nothing with the reported request."""
+        forget = forget or self.request.forget
+        return content_key("oracle", **self.trained_key_fields(model_seed), forget=forget.indices, masks=masks)
 
     # ---- originals and oracles ------------------------------------------------------------------
     def original(self, model_seed: int, on_epoch: EpochCallback | None) -> tuple[Payload, str, bool]:
@@ -233,23 +236,29 @@ class ModelStore:
                                key_fields=self.common_key_fields(model_seed),
                                new_model=lambda stage: self.new_model(model_seed, stage), on_epoch=on_epoch)
 
-    def oracle(self, model_seed: int, masks: dict | None, on_epoch=None) -> tuple[Payload, str, bool]:
+    def oracle(self, model_seed: int, masks: dict | None, on_epoch=None,
+               forget: "ForgetSet | None" = None) -> tuple[Payload, str, bool]:
         """The retrain on D \\ F for `model_seed`: (payload, identity, cached). With pruning it is the sparse
-        retrain: the original's masks, trained from scratch on retain."""
+        retrain: the original's masks, trained from scratch on retain. `forget`: another request than the run's
+        (a validation request, docs/tuning.md)."""
         data, _ = self.request.data()
-        key = self.oracle_key(model_seed, masks)
-        retain = data.train.subset(self.request.forget.retain_indices(len(data.train)))
+        stacked = forget is None and self.stack.member(model_seed)  # a population trains the run's request's only
+        forget = forget or self.request.forget
+        key = self.oracle_key(model_seed, masks, forget)
+        retain = data.train.subset(forget.retain_indices(len(data.train)))
         payload, cached = self.cache.get_or_compute(
-            key, lambda: self.stack.payload("oracle", model_seed, key) if self.stack.member(model_seed)
+            key, lambda: self.stack.payload("oracle", model_seed, key) if stacked
             else self.train(model_seed, retain, "oracle", on_epoch, masks=masks), "oracle (retrain)")
         return payload, key, cached
 
-    def oracle_model(self, model_seed: int, masks: dict | None, on_epoch=None) -> tuple[nn.Module, str, Payload, bool]:
-        """(θr, its identity, its payload, cached): published, or the retrain (`oracle`)."""
-        if self.published("oracle") is not None:
+    def oracle_model(self, model_seed: int, masks: dict | None, on_epoch=None,
+                     forget: "ForgetSet | None" = None) -> tuple[nn.Module, str, Payload, bool]:
+        """(θr, its identity, its payload, cached): published, or the retrain (`oracle`) without `forget` (default:
+        the run's forget set; a published oracle is the reported request's only)."""
+        if self.published("oracle") is not None and forget is None:
             model, key = self.published("oracle")
             return model, key, {"train_seconds": float("nan"), "train_cpu_seconds": float("nan")}, True
-        payload, key, cached = self.oracle(model_seed, masks, on_epoch)
+        payload, key, cached = self.oracle(model_seed, masks, on_epoch, forget)
         return self.model_from_state(payload), key, payload, cached
 
     # ---- published checkpoints --------------------------------------------------------------------

@@ -187,7 +187,7 @@ def compare(source: str | Path | pd.DataFrame, fmt: str = "md", by: str = "metho
     """Tables of the rows per setting. `source`: anything `unlearn.results.load` reads, or its DataFrame (a
     filtered one, say); `by`: the column to group by (e.g. method_params.lr); `metrics`: the columns after the
     gap metrics (default: EXTRA_METRICS where present). Writes the trade-off plot (and `<plot>_steps.png` when
-    rows have steps) to `plot_path`, when given."""
+    rows have steps, `<plot>_trajectory.png` when rows recorded a trajectory) to `plot_path`, when given."""
     if fmt not in FORMATS:
         raise UnlearnError(f"--format {fmt!r} is not one of {FORMATS}")
     frame = source if isinstance(source, pd.DataFrame) else load(source)
@@ -202,6 +202,8 @@ def compare(source: str | Path | pd.DataFrame, fmt: str = "md", by: str = "metho
         plots.tradeoff(found, plot_path)
         if "step" in setting_keys(frame):
             plots.steps(found, Path(plot_path).with_name(Path(plot_path).stem + "_steps.png"))
+        if plots.has_trajectories(frame):
+            plots.trajectories(frame, Path(plot_path).with_name(Path(plot_path).stem + "_trajectory.png"))
     return render(found, fmt)
 
 

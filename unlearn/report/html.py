@@ -169,6 +169,12 @@ def page(name: str, frame: pd.DataFrame, by: str, extra: Sequence[str]) -> str:
                                            for i, t in enumerate(found)) + "</ol></nav>")
     if "step" in keys:
         parts += ["<h2>Per-step curves</h2>", _img(_png(plots.steps, found), "per-step curves")]
+    if plots.has_trajectories(frame):
+        parts += ["<h2>Unlearning trajectories</h2>",
+                  '<p class="note">Each recorded metric against the step (or epoch) of the method\'s loop '
+                  "(method.eval_every), on a fixed subset of each split; mean over runs with a ± std band; the dashed "
+                  "line is the oracle's level on the same subset.</p>", _img(_png(plots.trajectories, frame),
+                                                                             "unlearning trajectories")]
     shown: list[str] = []
     for i, (table, (_, members)) in enumerate(zip(found, frame.groupby(keys, sort=False, dropna=False))):
         section, names = _section(i, table, members, frame.attrs["metrics"], by, id(table) in last)

@@ -1,7 +1,8 @@
-"""Pictures of compare's tables: the forgetting–utility trade-off and, for sequences, per-step curves.
+"""Pictures of compare's tables: the forgetting–utility trade-off, per-step curves for sequences, and the
+unlearning trajectories (method.eval_every: metric against step per method, the oracle's level as a line).
 
-Both take summary `Table`s (`unlearn.report.summary`, made by `compare.tables` or `compare.stream_tables`) and
-write a PNG to a path or a binary file object.
+The first two take summary `Table`s (`unlearn.report.summary`, made by `compare.tables` or `compare.stream_tables`),
+`trajectories` the results DataFrame; each writes a PNG to a path or a binary file object.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pandas as pd  # noqa: E402
 
 from unlearn.report.compare import short_title  # noqa: E402
 from unlearn.report.summary import Table  # noqa: E402
+from unlearn.results import SETTING  # noqa: E402
 
 
 def _save(fig, target: str | Path | IO[bytes]) -> None:
@@ -105,5 +107,65 @@ def steps(found: list[Table], target: str | Path | IO[bytes]) -> None:
         row_axes[0].set_title(textwrap.fill(short_title(dict(_without_step(tables[0]))), 100), fontsize=8, loc="left")
         row_axes[len(panels) - 1].legend(fontsize=7, loc="best")
         for ax in row_axes[len(panels):]:
+            ax.axis("off")
+    _save(fig, target)
+
+
+def has_trajectories(frame: pd.DataFrame) -> bool:
+    """Whether rows of `frame` (a results DataFrame) recorded a trajectory (method.eval_every)."""
+    return "trajectory.avg_gap" in frame and frame["trajectory.avg_gap"].notna().any()
+
+
+def trajectory_curves(frame: pd.DataFrame) -> list[tuple[dict, list[str], dict[str, pd.DataFrame], dict[str, float]]]:
+    """Per setting of the rows that recorded a trajectory: (the setting, the recorded metrics plus "avg_gap", per method
+    a frame of the mean and std over runs of each metric by position (column `position`, in the trajectory's unit),
+    the oracle's mean level of each metric). A position only some runs reached (a run stopped at its selected
+    checkpoint) is averaged over those."""
+    rows = frame[frame["trajectory.avg_gap"].notna()] if has_trajectories(frame) else frame.iloc[:0]
+    out = []
+    for values, members in rows.groupby(list(SETTING), sort=False, dropna=False):
+        names = list(dict.fromkeys(m for ms in members["trajectory.metrics"] for m in ms)) + ["avg_gap"]
+        methods: dict[str, pd.DataFrame] = {}
+        for method, runs in members.groupby("method", sort=False):
+            points = []
+            for _, run in runs.iterrows():
+                unit = run["trajectory.unit"]
+                for i, position in enumerate(run[f"trajectory.{unit}"]):
+                    points.append({"position": position, **{n: run[f"trajectory.{n}"][i] for n in names
+                                                            if isinstance(run.get(f"trajectory.{n}"), tuple)}})
+            table = pd.DataFrame(points).groupby("position")
+            methods[method] = table.mean().join(table.std(ddof=0).add_suffix("_std")).reset_index()
+        oracle = {n: float(members[f"trajectory.oracle.{n}"].mean()) for n in names if f"trajectory.oracle.{n}" in members}
+        oracle["avg_gap"] = 0.0
+        unit = members["trajectory.unit"].iloc[0]
+        out.append((dict(zip(SETTING, values)) | {"unit": unit}, names, methods, oracle))
+    return out
+
+
+def trajectories(frame: pd.DataFrame, target: str | Path | IO[bytes]) -> None:
+    """The unlearning trajectories (method.eval_every): each recorded metric and Avg. Gap against the step (or epoch),
+    one line per method (mean over runs, a band of ± std), the oracle's level as a dashed line; one panel row per
+    setting."""
+    curves = trajectory_curves(frame)
+    width = max(len(names) for _, names, _, _ in curves)
+    fig, axes = plt.subplots(len(curves), width, figsize=(3.4 * width, 3.0 * len(curves)), squeeze=False)
+    for (setting, names, methods, oracle), row_axes in zip(curves, axes):
+        for name, ax in zip(names, row_axes):
+            for method, points in methods.items():
+                if name not in points:
+                    continue
+                line, = ax.plot(points["position"], points[name], marker=".", label=method)
+                ax.fill_between(points["position"], points[name] - points[f"{name}_std"],
+                                points[name] + points[f"{name}_std"], color=line.get_color(), alpha=0.15)
+            if name in oracle:
+                ax.axhline(oracle[name], color="k", linestyle="--", linewidth=1, label="oracle")
+            ax.set_xlabel(setting["unit"])
+            ax.set_ylabel("Avg. Gap to Retrain (subset)" if name == "avg_gap" else name)
+            ax.grid(alpha=0.3)
+        row_axes[0].set_title(textwrap.fill(short_title({k: v for k, v in setting.items() if k != "unit"}), 100),
+                              fontsize=8, loc="left")
+        # Beside the last panel: inside it, a dozen methods' labels would hide the curves.
+        row_axes[len(names) - 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        for ax in row_axes[len(names):]:
             ax.axis("off")
     _save(fig, target)

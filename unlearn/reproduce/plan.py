@@ -123,12 +123,13 @@ def leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(recorded: dict, composed: dict, ignore: Iterable[str] = DROPPED) -> list[str]:
-    """'key: recorded → composed' for each leaf where two configs differ (keys under `ignore` left out)."""
+    """'key: recorded → composed' for each leaf where two configs differ (keys under `ignore` left out). A key only the
+    composed config has is a newer harness's addition at its default (method.eval_every, tuning.*), not a change."""
     a, b = leaves(recorded), leaves(composed)
     skip = tuple(ignore)
     missing = "(absent)"
     return [f"{k}: {a.get(k, missing)} → {b.get(k, missing)}" for k in sorted(set(a) | set(b))
-            if k.split(".")[0] not in skip and a.get(k, missing) != b.get(k, missing)]
+            if k.split(".")[0] not in skip and k in a and a[k] != b.get(k, missing)]
 
 
 def distance_of(recorded: dict, composed: dict) -> tuple[int, int, int]:

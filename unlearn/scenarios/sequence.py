@@ -175,6 +175,9 @@ class Sequence:
         if not self.oracle and experiment.method.uses_oracle:
             raise ConfigError(f"method={experiment.method.name} is built from the oracle, which scenario.oracle=false "
                               f"skips; set scenario.oracle=true")
+        if experiment.protocol.eval_every is not None or experiment.tuning.trial:
+            raise ConfigError("scenario=sequence records no trajectory and selects no checkpoint (method.eval_every, "
+                              "method.select=best_val, tuning trials); use scenario=single")
         if getattr(experiment.builder, "adds_data", False):
             raise ConfigError(f"scenario=sequence draws its requests from the training set, but forget="
                               f"{experiment.builder.name} adds data to it; use scenario=single for forget="
