@@ -80,7 +80,6 @@ def test_best_val_chooses_on_the_validation_request_and_the_reported_run_stops_t
     (["method.eval_every=1", "method.select=best_test"], "refused: it would choose the checkpoint on the test split"),
     (["method.eval_every=1", "method.select=best_forget"], "the reported forget set"),
     (["method.select=best_val"], "give method.eval_every"),
-    (["method.eval_every=1", "method.select=best_val", "forget=worst_case"], "cannot draw a validation request"),
 ])
 def test_selecting_on_what_the_row_reports_is_refused_in_one_line(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -104,9 +103,126 @@ def test_the_command_line_refusal_is_one_line(tmp_path):
     assert done.stderr.strip().count("\n") == 0 and "method.select=best_test is refused" in done.stderr
 
 
-def test_a_stream_refuses_trajectories_and_selection(tmp_path):
+def test_a_builder_that_cannot_draw_a_request_like_its_own_refuses_in_one_line(tmp_path):
+    from unlearn.data.from_file import FromFileForget
+
+    path = tmp_path / "forget.json"
+    path.write_text("[1, 2, 3]")
+    with pytest.raises(ConfigError, match="forget=from_file cannot draw a validation request") as err:
+        FromFileForget(str(path)).check_validation(_data())
+    assert "\n" not in str(err.value)
+
+
+STREAM = ["scenario=sequence", "scenario.steps=2", "method.epochs=3", "method.eval_every=1"]
+
+
+def test_a_stream_selects_each_step_on_the_request_before_it(shared_cache, tmp_path):
+    """Step 1 chooses on F0 (a request drawn after the stream's, never reported), step k on F_{k-1} from the model
+    that entered step k-1: its validation run is step k-1's run again, so its trajectory starts as step k-1's did.
+    The stream's own requests are those of the same stream without selection."""
     from unlearn.config import build
 
-    x = _experiment(tmp_path / "cache", tmp_path, "method.eval_every=1", "method.select=best_val", "scenario=sequence")
-    with pytest.raises(ConfigError, match="scenario=sequence records no trajectory"):
+    x = _experiment(shared_cache, tmp_path, *STREAM, "method.select=best_val")
+    scenario = build(x.cfg.scenario)
+    last = scenario.run(x, run_dir=tmp_path / "run")
+    rows = [r for r in map(__import__("json").loads, (tmp_path / "table.jsonl").read_text().splitlines())]
+    assert [r["step"] for r in rows] == [1, 2] and last["step"] == 2
+    first, second = rows[0]["selection"], rows[1]["selection"]
+    assert first["validation"]["forget"]["step"] == 0 and first["validation"]["forget"]["validation"]
+    assert second["validation"]["forget"]["step"] == 1
+    f0 = set(scenario.validation.indices.tolist())
+    stream = [set(r.indices.tolist()) for r in scenario._requests]
+    assert len(f0) == len(stream[0]) and not f0 & (stream[0] | stream[1])
+    for row, chosen in zip(rows, (first, second)):  # each reported run ends at its chosen epoch
+        assert row["trajectory"]["epoch"][-1] == chosen["position"]
+        assert chosen["score"] == pytest.approx(min(chosen["validation"]["trajectory"]["avg_gap"]))
+    reported_1, again_1 = rows[0]["trajectory"]["avg_gap"], second["validation"]["trajectory"]["avg_gap"]
+    assert again_1[:len(reported_1)] == pytest.approx(reported_1)
+    assert second["validation"]["oracle_cached"]  # step 1's oracle, trained once
+    plain = _experiment(shared_cache, tmp_path / "plain", *STREAM)
+    assert [r.indices.tolist() for r in build(plain.cfg.scenario).requests(plain)] == [sorted(s) for s in stream]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["tuning.trial=true"], "tuning trials run on scenario=single"),
+    (["scenario.oracle=false"], "which scenario.oracle=false skips"),
+    (["method.select=best_val", "scenario.kind=classes", "scenario.classes_per_step=4"],
+     r"\(2 \+ 1 for method.select=best_val's validation request\) × classes_per_step=4 = 12"),
+])
+def test_a_stream_refuses_what_it_cannot_select_on_in_one_line(tmp_path, overrides, message):
+    from unlearn.config import build
+
+    x = _experiment(tmp_path / "cache", tmp_path, *STREAM, *overrides)
+    with pytest.raises(ConfigError, match=message) as err:
         build(x.cfg.scenario).run(x)
+    assert "\n" not in str(err.value)
+    assert not list((tmp_path / "cache").rglob("original-*"))  # nothing trained
+
+
+def test_a_worst_case_request_selects_on_the_worst_case_among_what_it_leaves(shared_cache, tmp_path):
+    x = _experiment(shared_cache, tmp_path, "forget=worst_case", "forget.upper_epochs=3", "forget.lower_epochs=1",
+                    "forget.batch_size=128", "method.epochs=2", "method.eval_every=1", "method.select=best_val")
+    row = x.run(run_dir=tmp_path / "run")
+    drawn = row["selection"]["validation"]["forget"]
+    assert drawn["builder"] == "worst_case" and drawn["validation"] and drawn["size"] == len(x.request.forget.indices)
+    art = x.prepare(with_oracle=False)
+    validation, _, cached = x.request.validation_set(art.original, art.original_key)
+    assert cached and not set(validation.indices.tolist()) & set(x.request.forget.indices.tolist())
+
+
+def test_a_concept_request_selects_on_another_concept_of_its_axis(shared_cache, tmp_path):
+    """The validation run erases another background than the request's (the task reads that concept meanwhile) against
+    the world without it; then the task is back on the run's own concept for the reported run."""
+    from test_t2i import TINY_WORLD
+
+    cfg = compose_config(*TINY_WORLD, f"cache_dir={shared_cache}", f"results_dir={tmp_path}",
+                         f"table_path={tmp_path / 'table.jsonl'}", "method=rl", "method.epochs=1",
+                         "method.eval_every=1", "method.select=best_val")
+    x = Experiment(cfg)
+    erasing, unlearn = [], x.stage.unlearn
+
+    def watched(*args, **kwargs):  # the concept the task reads while the method runs
+        erasing.append(x.task.request.concept)
+        return unlearn(*args, **kwargs)
+
+    x.stage.unlearn = watched
+    row = x.run(run_dir=tmp_path / "run")
+    validation = row["selection"]["validation"]
+    assert validation["forget"]["concept"] in ("black", "gray") and validation["forget"]["axis"] == "background"
+    assert erasing == [validation["forget"]["concept"], "white"] and row["forget"]["concept"] == "white"
+    assert validation["oracle"].startswith("oracle-") and row["trajectory"]["epoch"][-1] == row["selection"]["position"]
+
+
+def test_best_val_is_refused_where_the_task_measures_no_gap_to_an_oracle():
+    from unlearn.protocol import Protocol
+
+    protocol = Protocol.of({"eval_every": 1, "select": "best_val"})
+    with pytest.raises(ConfigError, match="has none to measure a gap to"):
+        protocol.check("npo", True, (), 10)  # known_facts: no oracle, no gap metrics
+    protocol.check("npo", True, ("forget_prob",), 10)
+
+
+@pytest.mark.parametrize("kind", ["classes", "concepts"])
+def test_a_stream_draws_its_validation_request_after_its_own_and_apart_from_them(shared_cache, tmp_path, kind):
+    from unlearn.config import build
+    from test_t2i import TINY_WORLD
+
+    base = [*TINY_WORLD, "method=rl"] if kind == "concepts" else [*TINY, "method=ga"]
+
+    def stream(*extra):
+        x = Experiment(compose_config(*base, f"cache_dir={shared_cache}", f"results_dir={tmp_path}", "scenario=sequence",
+                                      f"scenario.kind={kind}", "scenario.steps=2", "method.eval_every=1", *extra))
+        scenario = build(x.cfg.scenario)
+        return scenario, scenario.requests(x)
+
+    selecting, requests = stream("method.select=best_val")
+    _, plain = stream()
+    assert [r.indices.tolist() for r in requests] == [r.indices.tolist() for r in plain]
+    f0 = selecting.validation
+    # apart from F1, the request step 1 reports (a concept stream's requests of other axes share images anyway)
+    apart = requests[:1] if kind == "concepts" else requests
+    assert f0.description["step"] == 0 and not set(f0.indices.tolist()) & {i for r in apart for i in r.indices.tolist()}
+    named = "classes" if kind == "classes" else "concept"
+    assert f0.description[named] not in [r.description[named] for r in requests]
+    if kind == "concepts":
+        assert f0.description["axis"] == requests[0].description["axis"]

@@ -130,6 +130,35 @@ def test_relabel_replaces_the_concept_by_the_anchor(world):
     assert all("red" in task.prompts[int(i)].split() for i in task.concept_prompt_ids)
 
 
+def test_a_validation_concept_is_another_of_the_same_axis_apart_from_the_request(world):
+    builder = ConceptForget("white", guide="black")
+    reported = builder.build(world, seed=0)
+    drawn = {builder.validation(world, reported, seed=s).description["concept"] for s in range(8)}
+    assert drawn == {"gray"}  # the background axis has three values: not white (the request), not black (its guide)
+    validation = builder.validation(world, reported, seed=1)
+    assert validation.description["validation"] and validation.description["axis"] == "background"
+    assert not set(validation.indices.tolist()) & set(reported.indices.tolist())
+    colours = {ConceptForget("red").validation(world, ConceptForget("red").build(world, 0), seed=s).description["concept"]
+               for s in range(12)}
+    assert colours <= {"orange", "yellow", "green", "blue"} and len(colours) > 1  # drawn from the seed
+    with pytest.raises(ConfigError, match="cannot be drawn"):
+        ConceptForget("white", guide="black").check_validation(
+            type(world)(name="two", train=world.train, val=world.val, test=world.test,
+                        info={**world.info, "axes": {**world.info["axes"], "background": ["black", "white"]}}))
+
+
+def test_the_task_erases_the_validation_concept_then_its_own_request_with_its_knobs(world):
+    task = TextToImageTask()
+    builder = ConceptForget("red", anchor="blue")
+    task.check_forget(builder)
+    task.use_world(world, builder.resolve(world))
+    validation = builder.validation(world, builder.build(world, 0), seed=0)
+    task.use_request(world, validation)
+    assert task.request.concept == validation.description["concept"] != "red"
+    task.use_request(world, builder.build(world, 0))
+    assert task.request.concept == "red" and task.request.anchor == "blue"  # the run's own knobs, not the defaults
+
+
 # ---- UCE's closed form -------------------------------------------------------------------------------
 def test_uce_maps_an_erased_direction_toward_its_guide_and_leaves_orthogonal_ones():
     torch.manual_seed(0)

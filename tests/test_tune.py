@@ -125,7 +125,19 @@ def test_a_tuned_file_records_its_command_and_keeps_what_it_held(tmp_path):
     path = write_tuned("facts", "npo", {"lr": 3e-5, "epochs": 4}, record, conf_dir=tmp_path)
     text = path.read_text()
     assert text.startswith("# @package _global_\n# tuned by: python -m unlearn tune method=npo budget=8")
-    assert "# why these values" in text
+    assert "# Notes kept from before the latest tuning" in text and "# why these values" in text
     written = OmegaConf.to_container(OmegaConf.load(path))
     assert written["method"] == {"optimizer": "adamw", "lr": 3e-5, "alpha": 3.0, "epochs": 4}
     assert written["tuning"]["record"] == record
+    again = write_tuned("facts", "npo", {"lr": 4e-5}, {**record, "command": "second"}, conf_dir=tmp_path).read_text()
+    assert again.count("# Notes kept") == 1 and again.count("# why these values") == 1 and "# tuned by: second" in again
+    assert "# tuned by: python" not in again and again.count("# on now") == 1
+
+
+def test_a_row_says_which_tuned_values_its_run_overrode():
+    from unlearn.protocol import Tuning
+
+    tuning = Tuning(record={"budget": 8, "best": {"lr": 2.4481975040542315e-04, "epochs": 9}})
+    assert "overridden" not in tuning.recorded({"lr": 0.00024481975040542315, "epochs": 9, "beta": 0.1})
+    assert tuning.recorded({"lr": 5e-4, "epochs": 9})["overridden"] == {"lr": 5e-4}
+    assert tuning.recorded()["best"]["epochs"] == 9

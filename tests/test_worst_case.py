@@ -178,6 +178,39 @@ def test_class_wise_selection_picks_whole_classes_and_drops_them_from_test(prepa
     assert np.array_equal(forget.test_indices, np.flatnonzero(~np.isin(test_y, classes)))
 
 
+def test_a_validation_request_is_the_worst_case_among_what_the_request_leaves(prepared):
+    """Drawn by the same search from the same original, as large as F and sharing none of its examples; with F's
+    units out of the candidates the search does not return F."""
+    exp, data, forget, reference = prepared
+    validation = exp.builder.validation(data, forget, seed=7, reference=reference)
+    assert len(validation.indices) == len(forget.indices) and validation.description["validation"]
+    assert not set(validation.indices.tolist()) & set(forget.indices.tolist())
+    again = exp.builder.validation(data, forget, seed=7, reference=reference)
+    assert np.array_equal(again.indices, validation.indices)
+    classes = WorstCaseClassForget(num_classes=2, **FAST_KNOBS)
+    reported = classes.build(data, 0, reference)
+    other = classes.validation(data, reported, seed=3, reference=reference)
+    assert len(other.description["classes"]) == 2
+    assert not set(other.description["classes"]) & set(reported.description["classes"])
+    assert not np.isin(data.test["y"].numpy()[other.test_indices], other.description["classes"]).any()
+    with pytest.raises(ConfigError, match="needs more than 10 classes"):
+        WorstCaseClassForget(num_classes=5, **FAST_KNOBS).check_validation(data)
+
+
+def test_candidates_restrict_the_search_and_background_groups_are_never_chosen(prepared):
+    """Units outside `candidates` keep weight 0 (the lower level always keeps them); a grouped train split's negative
+    group (background knowledge, e.g. world facts) is never a candidate of forget=worst_case."""
+    exp, data, _, reference = prepared
+    builder = exp.builder
+    ids = np.arange(len(data.train)) % 20 - 1  # groups -1..18: -1 is background
+    train = TensorData(**data.train.tensors, group=torch.as_tensor(ids))
+    grouped = DataBundle(name="grouped", train=train, val=data.val, test=data.test, info=data.info)
+    forget = WorstCaseForget(count=3, **FAST_KNOBS).build(grouped, 0, reference)
+    assert len(forget.description["groups"]) == 3 and -1 not in forget.description["groups"]
+    chosen, _ = builder.select(reference, data.train, np.arange(len(data.train)) % 10, 2, 0, candidates=np.array([4, 7, 9]))
+    assert set(chosen.tolist()) <= {4, 7, 9} and len(chosen) == 2
+
+
 # ---- whole runs --------------------------------------------------------------------------------------
 def test_worst_case_runs_in_the_pipeline_and_its_saved_set_reloads(run_experiment, prepared, tmp_path):
     row = run_experiment("forget=worst_case", "method=ga", *FAST)

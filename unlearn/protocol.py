@@ -146,6 +146,10 @@ class Protocol:
         if not traced:
             raise ConfigError(f"method {method_name!r} runs a loop of its own, which method.eval_every cannot look "
                               f"into; drop method.eval_every (and method.select)")
+        if self.select == "best_val" and not gap_metrics:
+            raise ConfigError("method.select=best_val chooses the checkpoint closest to a validation request's oracle, "
+                              "and this task has none to measure a gap to (no one can retrain a pretrained model "
+                              "without its knowledge: data=known_facts); use method.select=last")
         recorded = self.metrics(gap_metrics)
         if self.select_metric != "avg_gap" and self.select_metric not in recorded:
             raise ConfigError(f"method.select_metric={self.select_metric!r} is not a metric the trajectory records "
@@ -194,11 +198,24 @@ class Tuning:
             raise ConfigError(f"tuning.record={record!r} is not a file (the tuned.json a tune command wrote)")
         return cls(trial, request, record)
 
-    def recorded(self) -> dict[str, Any]:
-        """The row's `tuned`: the record itself, read from its file where it is a path."""
-        if isinstance(self.record, str):
-            return json.loads(Path(self.record).read_text())
-        return _plain(self.record)
+    def recorded(self, method: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The row's `tuned`: the record itself, read from its file where it is a path; with the run's `method`
+        node, `overridden` lists the tuned values this run replaced (a row run with `method.lr=...` over tuned
+        defaults does not claim the tuned lr)."""
+        record = json.loads(Path(self.record).read_text()) if isinstance(self.record, str) else _plain(self.record)
+        if method is not None:
+            overridden = {k: method[k] for k, v in (record.get("best") or {}).items()
+                          if k in method and not _same(method[k], v)}
+            if overridden:
+                record = {**record, "overridden": overridden}
+        return record
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, floats to 1e-9 relative (a value goes through YAML and JSON on its way)."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    return a == b
 
 
 def _plain(value: Any) -> Any:

@@ -117,7 +117,6 @@ class Bundle:
                             f"{first[:200]})") from None
         forget = self._forget(info, len(data.train), len(data.test), row, where)
         x.request.set_forget(forget, f"bundle-forget-{files.sha256_of(self.root / info['forget_indices'])[:32]}")
-        x.task.use_request(data, forget)
         models = self._models(x, info, where)
         return OpenRun(number, x, x.splits(), models, info["original"]["identity"], row, info)
 

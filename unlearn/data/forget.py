@@ -96,15 +96,17 @@ class ForgetBuilder:
     #: whether `validation` can draw a request (a builder that can overrides it and `check_validation`)
     draws_validation = False
 
-    def validation(self, data: DataBundle, reported: ForgetSet, seed: int) -> ForgetSet:
-        """A request drawn like `reported` (same kind and size) from what `reported` leaves, from `seed`. By default
-        refused, as `check_validation` is (a builder that can draw one overrides both)."""
+    def validation(self, data: DataBundle, reported: ForgetSet, seed: int,
+                   reference: Optional[Reference] = None) -> ForgetSet:
+        """A request drawn like `reported` (same kind and size) from what `reported` leaves, from `seed` (and the
+        trained original, `reference`, for builders with `needs_original`). By default refused, as `check_validation`
+        is (a builder that can draw one overrides both)."""
         raise self.no_validation()
 
     def no_validation(self) -> ConfigError:
         """The one line refusing a validation request of this builder's kind."""
         return ConfigError(f"forget={self.name} cannot draw a validation request like its own (method.select=best_val "
-                           f"and `python -m unlearn tune` need one); use forget=random or forget=class")
+                           f"and `python -m unlearn tune` need one); use forget=random, class, concept, worst_case or worst_case_class")
 
     def gap_metrics(self, task_gap_metrics: tuple[str, ...]) -> tuple[str, ...]:
         """The metrics whose gaps to the oracle make Avg. Gap for this request: the task's, unless the request
@@ -169,7 +171,8 @@ class RandomForget(ForgetBuilder):
             raise ConfigError(f"a validation request of {size} {unit} disjoint from the reported {size} needs more than "
                               f"{2 * size} of them; {data.name!r} has {n_units}: lower forget.ratio/count")
 
-    def validation(self, data: DataBundle, reported: ForgetSet, seed: int) -> ForgetSet:
+    def validation(self, data: DataBundle, reported: ForgetSet, seed: int,
+                   reference: Optional[Reference] = None) -> ForgetSet:
         """As many units (examples, or groups) as `reported`, drawn from those it does not contain."""
         self.check_validation(data)
         units = self._units(data)
@@ -251,7 +254,8 @@ class ClassForget(ForgetBuilder):
         present = np.unique(self._labels(data, "train"))
         return np.setdiff1d(present, self.classes)
 
-    def validation(self, data: DataBundle, reported: ForgetSet, seed: int) -> ForgetSet:
+    def validation(self, data: DataBundle, reported: ForgetSet, seed: int,
+                   reference: Optional[Reference] = None) -> ForgetSet:
         """As many classes as the request names, drawn from the other classes (they also leave the test set)."""
         self.check_validation(data)
         rng = np.random.default_rng(seed)

@@ -182,45 +182,59 @@ class BilevelSelection:
         return total / torch.bincount(units, minlength=n_units)
 
     def select(self, reference: Optional[Reference], train: TensorData, ids: np.ndarray, m: int,
-               seed: int) -> tuple[np.ndarray, dict]:
+               seed: int, candidates: Optional[np.ndarray] = None) -> tuple[np.ndarray, dict]:
         """The m units hardest to forget, where `ids` gives each training example's unit (its own index, its
-        group, its class); returns the chosen unit ids, sorted, and a summary of the search."""
+        group, its class); returns the chosen unit ids, sorted, and a summary of the search. `candidates`: the unit
+        ids that may be chosen (None: every unit); the others keep weight 0, so the lower level always keeps them
+        (background knowledge, or the reported request when drawing a validation request beside it)."""
         if reference is None:
             raise ConfigError(f"{type(self).__name__} chooses the forget set with the trained original; "
                               f"call build(data, seed, reference) with the original")
         unit_ids, positions = np.unique(ids, return_inverse=True)
         units, n_units = torch.as_tensor(positions, dtype=torch.long), len(unit_ids)
+        allowed = torch.as_tensor(np.ones(n_units, dtype=bool) if candidates is None else np.isin(unit_ids, candidates))
+        n_allowed = int(allowed.sum())
+        if not m < n_allowed:
+            raise ConfigError(f"the worst-case search would choose {m} of only {n_allowed} candidate units")
         generator = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         # Start at the centre of the feasible set, not at the reference's random binary set: from 0/1 weights,
         # steps of lr_w·ℓ ≈ 0.01·CE never reorder w (on digits the search returned its random start exactly).
-        w = torch.full((n_units,), m / n_units, dtype=torch.float64)
+        w = torch.zeros(n_units, dtype=torch.float64)
+        w[allowed] = m / n_allowed
         bar = tqdm(range(self.upper_epochs), desc="worst-case selection", disable=None)
         solves = 0
         for step in bar:
             if step % self.resolve_every == 0:  # between re-solves, w keeps moving against the same losses
                 losses = self.lower_level_losses(reference, train, units, n_units, 1 - w, generator)
                 solves += 1
-            w = project_capped_simplex(w - self.lr_w * (losses + 2 * self.gamma * w), m)
+            moved = w - self.lr_w * (losses + 2 * self.gamma * w)
+            w = torch.zeros_like(w)
+            w[allowed] = project_capped_simplex(moved[allowed], m)
             if (step + 1) % self.binarize_every == 0 or step + 1 == self.upper_epochs:
-                binary = torch.zeros_like(w)
-                binary[top_m(w, m)] = 1.0
-                w = binary
+                w = self._binary(w, allowed, m)
             upper_loss = float((w * losses).sum() / m)
             bar.set_postfix(upper_loss=f"{upper_loss:.4f}")
         log.info("worst-case selection: %d of %d units in %.1f s, %d lower-level solves (their mean loss after "
-                 "unlearning: %.4f)", m, n_units, time.perf_counter() - start, solves, upper_loss)
-        return np.sort(unit_ids[top_m(w, m).numpy()]), {"upper_loss": upper_loss}
+                 "unlearning: %.4f)", m, n_allowed, time.perf_counter() - start, solves, upper_loss)
+        return np.sort(unit_ids[self._top(w, allowed, m).numpy()]), {"upper_loss": upper_loss}
+
+    @staticmethod
+    def _top(w: torch.Tensor, allowed: torch.Tensor, m: int) -> torch.Tensor:
+        """Positions of the m largest weights among the allowed units."""
+        return top_m(torch.where(allowed, w, torch.tensor(-math.inf, dtype=w.dtype)), m)
+
+    def _binary(self, w: torch.Tensor, allowed: torch.Tensor, m: int) -> torch.Tensor:
+        binary = torch.zeros_like(w)
+        binary[self._top(w, allowed, m)] = 1.0
+        return binary
 
 
 class WorstCaseForget(BilevelSelection, RandomForget):
-    """The `ratio` (or `count`) of training examples hardest to forget; of the groups, for grouped data."""
+    """The `ratio` (or `count`) of training examples hardest to forget; of the groups, for grouped data (background
+    knowledge, a negative group, is never a candidate)."""
 
     name = "worst_case"
-    # Its request is chosen on the original; a random draw beside it would not be a request "like" it.
-    draws_validation = False
-    check_validation = ForgetBuilder.check_validation
-    validation = ForgetBuilder.validation
 
     def __init__(self, ratio: float | None = 0.1, count: int | None = None, upper_epochs: int = 10,
                  lower_epochs: int = 10, lr_w: float = 0.01, lr_theta: float = 0.01, gamma: float = 0.0,
@@ -232,14 +246,28 @@ class WorstCaseForget(BilevelSelection, RandomForget):
 
     def build(self, data: DataBundle, seed: int, reference: Optional[Reference] = None) -> ForgetSet:
         self.check(data)
+        return self._worst(data, seed, reference, self._units(data))
+
+    def _worst(self, data: DataBundle, seed: int, reference: Optional[Reference], candidates: np.ndarray) -> ForgetSet:
         grouped = "group" in data.train.keys()
         ids = data.train["group"].cpu().numpy() if grouped else np.arange(len(data.train))
-        chosen, summary = self.select(reference, data.train, ids, self._size(len(self._units(data))), seed)
+        chosen, summary = self.select(reference, data.train, ids, self._size(len(self._units(data))), seed, candidates)
         indices = np.flatnonzero(np.isin(ids, chosen))
         description = {"builder": self.name, "ratio": self.ratio, "count": self.count, **summary}
         if grouped:
             description["groups"] = chosen.tolist()
         return ForgetSet(indices=indices, test_indices=None, description={**description, "size": int(len(indices))})
+
+    def validation(self, data: DataBundle, reported: ForgetSet, seed: int,
+                   reference: Optional[Reference] = None) -> ForgetSet:
+        """As many units as `reported`, the hardest to forget among those it leaves: the same bilevel search from the
+        same original, with the reported units kept out of the candidates (so V is worst-case as F is, and shares
+        none of its examples)."""
+        self.check_validation(data)
+        taken = reported.description.get("groups") if "group" in data.train.keys() else reported.indices
+        forget = self._worst(data, seed, reference, np.setdiff1d(self._units(data), np.asarray(taken)))
+        forget.description["validation"] = True
+        return forget
 
 
 class WorstCaseClassForget(BilevelSelection, ForgetBuilder):
@@ -271,9 +299,36 @@ class WorstCaseClassForget(BilevelSelection, ForgetBuilder):
     def build(self, data: DataBundle, seed: int, reference: Optional[Reference] = None) -> ForgetSet:
         self.check(data)
         # Units are the classes present in the training data (a class with no examples cannot be forgotten).
-        chosen, summary = self.select(reference, data.train, data.train["y"].cpu().numpy(), self.num_classes, seed)
+        return self._worst(data, seed, reference, None)
+
+    def _worst(self, data: DataBundle, seed: int, reference: Optional[Reference],
+               candidates: Optional[np.ndarray]) -> ForgetSet:
+        chosen, summary = self.select(reference, data.train, data.train["y"].cpu().numpy(), self.num_classes, seed,
+                                      candidates)
         # ClassForget turns the chosen classes into train indices and the test examples kept for TA.
         forget = ClassForget(chosen.tolist()).build(data, seed)
         forget.description = {"builder": self.name, "num_classes": self.num_classes, "classes": chosen.tolist(),
                               **summary, "size": int(len(forget.indices))}
+        return forget
+
+    draws_validation = True
+
+    def check_validation(self, data: DataBundle) -> None:
+        """Twice `num_classes` classes must leave one: the validation search chooses among the classes the request
+        leaves, and keeps at least one of them."""
+        self.check(data)
+        present = len(np.unique(data.train["y"].cpu().numpy()))
+        if 2 * self.num_classes >= present:
+            raise ConfigError(f"a validation request of {self.num_classes} class(es) beside the reported "
+                              f"{self.num_classes} needs more than {2 * self.num_classes} classes; {data.name!r} has "
+                              f"{present}: lower forget.num_classes")
+
+    def validation(self, data: DataBundle, reported: ForgetSet, seed: int,
+                   reference: Optional[Reference] = None) -> ForgetSet:
+        """As many classes as `reported`, the hardest to forget among the other classes (same search, same original;
+        they also leave the test set)."""
+        self.check_validation(data)
+        others = np.setdiff1d(np.unique(data.train["y"].cpu().numpy()), reported.description["classes"])
+        forget = self._worst(data, seed, reference, others)
+        forget.description["validation"] = True
         return forget

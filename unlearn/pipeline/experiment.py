@@ -189,6 +189,8 @@ class Experiment:
         if not with_oracle:
             original, original_key, _, cached = self.models.original_model(model_seed, on_epoch)
             timings.update(original_s=time.perf_counter() - t0, original_cached=cached)
+            if self.builder.needs_original:  # the validation request is drawn beside it (worst-case)
+                self._timed_forget(original, original_key, timings)
             nan = float("nan")
             return Artifacts(model_seed, original, original_key, None, None, Clock(nan, nan), timings)
         with self.beside.original_beside_oracle(model_seed) as beside:
@@ -247,7 +249,7 @@ class Experiment:
         log.info("forget set: %d examples (%s); retain: %d; test: %d", len(splits.forget),
                  self.request.forget.description.get("builder"), len(splits.retain), len(splits.test))
         self.check_trajectory(splits)
-        fields: dict[str, Any] = {"tuned": self.tuning.recorded()} if self.tuning.record is not None else {}
+        fields: dict[str, Any] = {"tuned": self.tuning.recorded(plain(self.cfg.method))} if self.tuning.record is not None else {}
         stop_at = None
         if self.protocol.select == "best_val":  # chosen on the validation request before the reported run starts
             fields["selection"] = self.selection.choose(art, on_epoch)

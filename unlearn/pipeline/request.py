@@ -29,6 +29,7 @@ class Request:
         self.seed = int(cfg.seed)
         self._data: tuple[DataBundle, str] | None = None
         self._forget: tuple[ForgetSet, str] | None = None
+        self._task_request: ForgetSet | None = None  # what the task was last given (`use_request`), if not F itself
 
     def data(self) -> tuple[DataBundle, str]:
         """The data set on the device and its content key (loaded once per experiment)."""
@@ -67,32 +68,46 @@ class Request:
         self._forget = forget, key
         return forget, key, cached
 
-    def set_forget(self, forget: ForgetSet, key: str) -> None:
-        """Use this forget set from now on (a scenario's request instead of the forget builder's)."""
+    def set_forget(self, forget: ForgetSet, key: str, task_request: ForgetSet | None = None) -> None:
+        """Use this forget set from now on (a scenario's request instead of the forget builder's, a validation
+        request), and give the task the request it reads itself (`Task.use_request`: `task_request`, e.g. a stream
+        step's own request where `forget` is the cumulative one; default `forget`)."""
         self._forget = forget, key
+        self._task_request = task_request
+        self.task.use_request(self.data()[0], task_request or forget)
 
-    def validation_set(self) -> tuple[ForgetSet, str, bool]:
+    def validation_set(self, original: nn.Module | None = None, original_key: str | None = None
+                       ) -> tuple[ForgetSet, str, bool]:
         """(V, its key, cached): the validation request, drawn like the run's forget set but disjoint from it, from
-        the run's seed (docs/tuning.md). Its key hashes how it was drawn (data, builder, seed), not F's identity."""
+        the run's seed (docs/tuning.md); builders that choose by the original (worst-case) draw it with `original`.
+        Its key hashes how it was drawn (data, builder, seed, and that original), not F's identity."""
         data, data_key = self.data()
-        reported, _, _ = self.forget_set(None, None)
+        reported, _, _ = self.forget_set(original, original_key)
+        needs = self.builder.needs_original
+        reference = Reference(self.task, original, original_key, self.runtime) if needs else None
         key = content_key("validation-forget", code=code_digest(type(self.builder)), data=data_key,
-                          builder=type(self.builder).__qualname__, fields=self.builder.cache_fields(), seed=self.seed)
+                          builder=type(self.builder).__qualname__, fields=self.builder.cache_fields(), seed=self.seed,
+                          original=original_key if needs else None)
         seed_stage(self.seed, "validation-forget")
         forget, cached = self.cache.get_or_compute(
-            key, lambda: self.builder.validation(data, reported, derive_seed(self.seed, "validation")), "validation request")
+            key, lambda: self.builder.validation(data, reported, derive_seed(self.seed, "validation"), reference),
+            "validation request")
         return forget, key, cached
 
     @contextlib.contextmanager
-    def using(self, forget: ForgetSet, key: str) -> Iterator[None]:
+    def using(self, forget: ForgetSet, key: str, task_request: ForgetSet | None = None) -> Iterator[None]:
         """Within the block, the request is `forget` (a validation run: the method's artifacts, such as its weight
-        mask, are keyed by it); the run's own request afterwards."""
-        before = self._forget
-        self._forget = forget, key
+        mask, are keyed by it, and a task that reads its request, a concept's, reads `task_request or forget`); the
+        run's own request afterwards."""
+        before, before_task = self._forget, self._task_request
+        self.set_forget(forget, key, task_request)
         try:
             yield
         finally:
-            self._forget = before
+            if before is None:
+                self._forget = None
+            else:
+                self.set_forget(*before, before_task)
 
     @property
     def forget(self) -> ForgetSet:

@@ -7,6 +7,10 @@ retained set (and the model seed and recipe), so every method — and every stre
 retained set — shares it. One row per step: the task's metrics on the current request, `earlier_*` metrics on
 everything forgotten before (a rebound shows there), the step's RTE and the cumulative `cum_RTE_s`; for class
 streams also GS-LoRA's continual-forgetting figures on the test split (acc_f, acc_r, acc_old, drop_f, h_mean).
+
+With `method.eval_every` each step records its trajectory against its oracle; with `method.select=best_val` each
+step ends at the checkpoint chosen on the request before it (docs/tuning.md, "Streams"): step k on F_{k-1}, step 1
+on F0, one more request drawn after the stream's and never reported.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from unlearn.eval.continual import class_group_accuracy, h_mean
 from unlearn.knobs import COUNT, OneOf, Range
 from unlearn.pipeline import Artifacts, Experiment, Step, save_model
 from unlearn.pipeline.step import unlearned_identity
+from unlearn.pipeline.trajectory import make_trajectory
 from unlearn.pipeline.store import seed_stage
 from unlearn.report.loggers import Logger
 from unlearn.report.compare import steps_table
@@ -63,31 +68,42 @@ class Sequence:
             raise ConfigError(f"scenario.concepts={self.concepts} names the requests of a concept stream: use it with "
                               f"scenario.kind=concepts and scenario.steps={len(self.concepts)}")
         self._requests: list[ForgetSet] = []  # the stream's requests, for the metrics on earlier ones
+        self.validation: ForgetSet | None = None  # F0 of method.select=best_val (see `requests`)
 
     # ---- the stream ---------------------------------------------------------------------------
     def requests(self, experiment: Experiment) -> list[ForgetSet]:
-        """The requests F1..F_steps, seeded by the run's seed; ConfigError (before training) if impossible."""
+        """The requests F1..F_steps, seeded by the run's seed; ConfigError (before training) if impossible. With
+        `method.select=best_val` one more, F0, drawn after them like them (so F1..F_steps are the same with or
+        without it) and kept as `self.validation`: the earlier request step 1 selects its checkpoint on."""
         data, _ = experiment.data()
         seed = experiment.seed if self.stream_seed is None else self.stream_seed
         rng = np.random.default_rng(derive_seed(seed, "stream", self.kind))
         draw = {"ids": self._id_requests, "classes": self._class_requests, "concepts": self._concept_requests}
-        return draw[self.kind](data, rng, experiment)
+        selecting = experiment.protocol.select == "best_val"
+        requests = draw[self.kind](data, rng, experiment, self.steps + int(selecting))
+        self.validation = requests.pop() if selecting else None
+        if self.validation is not None:
+            self.validation.description |= {"step": 0, "validation": True}
+        return requests
 
-    def _id_requests(self, data: DataBundle, rng: np.random.Generator, experiment: Experiment) -> list[ForgetSet]:
+    def _id_requests(self, data: DataBundle, rng: np.random.Generator, experiment: Experiment,
+                     count: int) -> list[ForgetSet]:
         builder = experiment.builder
         if not isinstance(builder, RandomForget):
             raise ConfigError(f"scenario.kind=ids draws each request with forget=random's ratio/count, but "
                               f"forget={builder.name}; use forget=random (or scenario.kind=classes)")
         units = builder._units(data)
         size = builder._size(len(units))
-        if size * self.steps >= len(units):
-            raise ConfigError(f"{self.steps} requests of {size} would remove {size * self.steps} of the "
+        if size * count >= len(units):
+            extra = " (one more than scenario.steps: the validation request of method.select=best_val)" \
+                if count > self.steps else ""
+            raise ConfigError(f"{count} requests{extra} of {size} would remove {size * count} of the "
                               f"{len(units)} training units and empty the training set; lower scenario.steps "
                               f"or forget.ratio/forget.count")
         order = rng.permutation(units)
         grouped = "group" in data.train.keys()
         requests = []
-        for k in range(self.steps):
+        for k in range(count):
             chosen = np.sort(order[k * size:(k + 1) * size])
             indices = np.flatnonzero(np.isin(data.train["group"].cpu().numpy(), chosen)) if grouped else chosen
             requests.append(ForgetSet(indices=indices, test_indices=None,
@@ -95,32 +111,38 @@ class Sequence:
                                                    "size": int(len(indices)), "step": k + 1}))
         return requests
 
-    def _class_requests(self, data: DataBundle, rng: np.random.Generator, experiment: Experiment) -> list[ForgetSet]:
+    def _class_requests(self, data: DataBundle, rng: np.random.Generator, experiment: Experiment,
+                        count: int) -> list[ForgetSet]:
         n_classes = int(data.info.get("num_classes", 0))
         if not n_classes:
             raise ConfigError(f"scenario.kind=classes needs a data set with classes; {data.name!r} has none "
                               f"(use scenario.kind=ids)")
         experiment.task.check_forget(ClassForget([0]))  # the task must score class requests (classifiers, DDPMs)
-        wanted = self.steps * self.classes_per_step
+        wanted = count * self.classes_per_step
         if wanted >= n_classes:
-            raise ConfigError(f"scenario.steps={self.steps} × classes_per_step={self.classes_per_step} = {wanted} "
+            steps = f"({self.steps} + 1 for method.select=best_val's validation request)" if count > self.steps \
+                else f"scenario.steps={self.steps}"
+            raise ConfigError(f"{steps} × classes_per_step={self.classes_per_step} = {wanted} "
                               f"classes, but {data.name!r} has {n_classes} and at least one must remain")
         order = rng.permutation(n_classes)
         requests = []
-        for k in range(self.steps):
+        for k in range(count):
             classes = sorted(int(c) for c in order[k * self.classes_per_step:(k + 1) * self.classes_per_step])
             request = ClassForget(classes).build(data, 0)
             request.description["step"] = k + 1
             requests.append(request)
         return requests
 
-    def _concept_requests(self, data: DataBundle, rng: np.random.Generator, experiment: Experiment) -> list[ForgetSet]:
+    def _concept_requests(self, data: DataBundle, rng: np.random.Generator, experiment: Experiment,
+                          count: int) -> list[ForgetSet]:
         builder = experiment.builder
         if not isinstance(builder, ConceptForget):
             raise ConfigError(f"scenario.kind=concepts erases concepts of a text-to-image world (data=shapes_t2i, "
                               f"forget=concept), not forget={builder.name}")
         axes: dict[str, list[str]] = data.info["axes"]
-        concepts = self.concepts or self._draw_concepts(axes, rng)
+        concepts = self._draw_concepts(axes, rng) if self.concepts is None else self.concepts
+        if count > len(concepts):
+            concepts = [*concepts, self._validation_concept(data, builder, concepts, rng)]
         requests, resolved_concepts = [], []
         for k, concept in enumerate(concepts):
             one = ConceptForget(concept=concept, guide=builder.guide)
@@ -132,7 +154,7 @@ class Sequence:
             requests.append(request)
             resolved_concepts.append(resolved.concept)
         for axis, values in axes.items():
-            if all(v in resolved_concepts for v in values):
+            if all(v in resolved_concepts[:self.steps] for v in values):
                 raise ConfigError(f"scenario.concepts would erase every {axis} of the world ({', '.join(values)}); "
                                   f"at least one must remain")
         return requests
@@ -151,6 +173,20 @@ class Sequence:
             raise ConfigError(f"scenario.steps={self.steps} concepts would erase every value of an axis of the world "
                               f"(it has {len(pairs)} concepts on {len(axes)} axes); lower scenario.steps")
         return chosen
+
+    @staticmethod
+    def _validation_concept(data: DataBundle, builder: ConceptForget, concepts: list[str],
+                            rng: np.random.Generator) -> str:
+        """F0 of a concept stream: a value of F1's axis that the stream does not erase and that is not the guide, so
+        its images and prompts are apart from F1's (concepts of other axes share images with it), drawn from `rng`."""
+        first = ConceptForget(concept=concepts[0], guide=builder.guide).resolve(data)
+        erased = {ConceptForget(concept=c).resolve(data).concept for c in concepts}
+        pool = [v for v in data.info["axes"][first.axis] if v not in erased and v != first.guide]
+        if not pool:
+            raise ConfigError(f"method.select=best_val in a concept stream chooses step 1's checkpoint on another "
+                              f"{first.axis} than {first.concept!r}, and the stream erases every other one (or it is the "
+                              f"guide); erase fewer {first.axis}s or drop method.select")
+        return pool[int(rng.integers(len(pool)))]
 
     def cumulative(self, requests: list[ForgetSet], data: DataBundle) -> ForgetSet:
         """F1 ∪ … ∪ Fk (with, for class streams, the test split left without any forgotten class)."""
@@ -175,9 +211,12 @@ class Sequence:
         if not self.oracle and experiment.method.uses_oracle:
             raise ConfigError(f"method={experiment.method.name} is built from the oracle, which scenario.oracle=false "
                               f"skips; set scenario.oracle=true")
-        if experiment.protocol.eval_every is not None or experiment.tuning.trial:
-            raise ConfigError("scenario=sequence records no trajectory and selects no checkpoint (method.eval_every, "
-                              "method.select=best_val, tuning trials); use scenario=single")
+        if experiment.tuning.trial:
+            raise ConfigError("tuning trials run on scenario=single (a stream selects each step's checkpoint on the "
+                              "request before it: method.select=best_val); drop scenario=sequence")
+        if not self.oracle and experiment.protocol.eval_every is not None:
+            raise ConfigError("method.eval_every and method.select measure the trajectory against each step's oracle, "
+                              "which scenario.oracle=false skips; set scenario.oracle=true")
         if getattr(experiment.builder, "adds_data", False):
             raise ConfigError(f"scenario=sequence draws its requests from the training set, but forget="
                               f"{experiment.builder.name} adds data to it; use scenario=single for forget="
@@ -192,6 +231,11 @@ class Sequence:
         self.check(experiment)
         data, data_key = experiment.data()
         requests = self._requests = self.requests(experiment)  # refuses an impossible stream before anything trains
+        runs = [(r, requests[:k + 1]) for k, r in enumerate(requests)]
+        if self.validation is not None:
+            runs.append((self.validation, [self.validation]))
+        for request, upto in runs:  # method.eval_every beyond a run's steps: refused before anything trains
+            experiment.check_trajectory(self._splits(data, request, self.cumulative(upto, data)))
         cfg = experiment.cfg
         for lg in loggers:
             lg.start(run_dir, plain(cfg))
@@ -205,13 +249,18 @@ class Sequence:
         model, identity, status = original, original_key, "ok"
         totals = {"unlearned": Clock(0.0, 0.0), "oracle": Clock(0.0, 0.0)}
         rows = []
+        entered = []  # (model, identity) that entered each step: where the next step's validation run starts
         for k in range(1, self.steps + 1):
             request, cum = requests[k - 1], self.cumulative(requests[:k], data)
             earlier = self.cumulative(requests[:k - 1], data) if k > 1 else None
-            key = content_key("stream-step", code=code_digest(type(self)), data=data_key, request=request.indices,
-                              forget=cum.indices, test=cum.test_indices)
-            experiment.request.set_forget(cum, key)
-            experiment.task.use_request(data, request)  # a task that reads the request itself (t2i) takes this one
+            key = self._key(data_key, request, cum)
+            selection = None
+            if self.validation is not None and status == "ok":  # chosen before this step's request is looked at
+                start = (original, original_key) if k == 1 else entered[k - 2]
+                selection = self._select(experiment, k, start, masks, on_epoch)
+            entered.append((model, identity))
+            # a task that reads the request itself (t2i) takes this step's own request
+            experiment.request.set_forget(cum, key, request)
             t0 = time.perf_counter()
             if self.oracle:
                 oracle, oracle_key, oracle_payload, oracle_cached = experiment.models.oracle_model(model_seed, masks,
@@ -239,11 +288,15 @@ class Sequence:
             step_dir = Path(run_dir) / f"step_{k}" if run_dir is not None else None
             fields = {"scenario": self.name, "step": k, "steps": self.steps, "request": request.description,
                       "stream_seed": experiment.seed if self.stream_seed is None else self.stream_seed}
+            if selection is not None:
+                fields["selection"] = selection
             record = {"request": request.indices.tolist(), "cumulative": cum.indices.tolist(),
                       "description": request.description}
+            trajectory = make_trajectory(experiment, art, splits, key,
+                                         stop_at=None if selection is None else selection["position"])
             # A diverged method has no model to continue from: the rest of the stream is NaN.
             row, unlearned = Step(art, splits, original, original_key, on_epoch, extra, fields, record,
-                                  diverged_before=status != "ok").run(
+                                  diverged_before=status != "ok", trajectory=trajectory).run(
                 experiment, run_dir=step_dir, loggers=loggers, labels=labels, command=command, save_model=False,
                 finish=finish)
             status = row["status"]
@@ -253,6 +306,30 @@ class Sequence:
             save_model(model, Path(run_dir), experiment.model_config)
         print("\n" + steps_table(rows) + "\n", flush=True)
         return rows[-1]
+
+    def _key(self, data_key: str, request: ForgetSet, cum: ForgetSet) -> str:
+        """The identity of a step's request: this request, after everything up to it (`cum`)."""
+        return content_key("stream-step", code=code_digest(type(self)), data=data_key, request=request.indices,
+                           forget=cum.indices, test=cum.test_indices)
+
+    def _select(self, experiment: Experiment, k: int, start: tuple, masks: dict | None, on_epoch) -> dict[str, Any]:
+        """The row's `selection` of step k (method.select=best_val): the checkpoint chosen on the request before it
+        (docs/tuning.md). At step k >= 2 that is F_{k-1}, processed again from the model that entered step k-1,
+        against step k-1's oracle (cached); at step 1 it is F0, a request drawn after the stream's like them, from
+        the original, against the retrain without F0. Step k's own request is never looked at."""
+        data, data_key = experiment.data()
+        if k == 1:
+            request, cum = self.validation, self.cumulative([self.validation], data)
+        else:
+            request, cum = self._requests[k - 2], self.cumulative(self._requests[:k - 1], data)
+        key = self._key(data_key, request, cum)
+        model, identity = start
+        nan = float("nan")
+        begin = Artifacts(experiment.seed, model, identity, None, None, Clock(nan, nan), {})
+        with experiment.request.using(cum, key, request):
+            validation, _ = experiment.selection.oracle_of(begin, cum, key, on_epoch, masks=masks)
+        splits = self._splits(data, request, cum)
+        return experiment.selection.run(validation, splits, cum, key, on_epoch, task_request=request)
 
     @staticmethod
     def _splits(data: DataBundle, request: ForgetSet, cum: ForgetSet, forget: np.ndarray | None = None) -> Splits:

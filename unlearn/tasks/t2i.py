@@ -89,9 +89,16 @@ class TextToImageTask(Task):
         self._builder = builder
 
     def use_request(self, data: DataBundle, forget: ForgetSet) -> None:
-        """Score and erase the concept `forget` names (a concept stream's step), with the run's own guide."""
-        guide = None if self._builder is None else self._builder.guide
-        self.use_world(data, ConceptForget(concept=forget.description["concept"], guide=guide).resolve(data))
+        """Score and erase the concept `forget` names (a concept stream's step, a validation request): the run's own
+        request, with every knob it was given, if it names the run's concept; else that concept with the run's guide
+        (its anchor and preserve set are the concept's defaults: they are defined relative to it)."""
+        own = None if self._builder is None else self._builder.resolve(data)
+        concept = forget.description["concept"]
+        if own is not None and concept == own.concept:
+            self.use_world(data, own)
+            return
+        guide = None if own is None or own.guide in ("", concept) else own.guide
+        self.use_world(data, ConceptForget(concept=concept, guide=guide).resolve(data))
 
     def use_world(self, data: DataBundle, request: ConceptRequest) -> None:
         """Read the world's prompt table and index the prompts this request needs."""

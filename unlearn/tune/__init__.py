@@ -168,13 +168,18 @@ def _method_choice(overrides: Sequence[str]) -> str:
     return next(d["method"] for d in defaults if isinstance(d, dict) and "method" in d)
 
 
+NOTES_BEFORE = "# Notes kept from before the latest tuning (they may describe the values it replaced):"
+
+
 def write_tuned(data: str, method: str, best: dict[str, Any], record: dict[str, Any], conf_dir: Path = CONF_DIR) -> Path:
     """conf/tuned/<data>/<method>.yaml with the best values over what it held (other keys kept), the record under
     `tuning.record` (so every row run with it says where its values came from) and the command in its header."""
     path = conf_dir / "tuned" / data / f"{method}.yaml"
     before = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
     notes = [line for line in (path.read_text().splitlines() if path.is_file() else [])
-             if line.startswith("#") and "@package" not in line and not line.startswith("# tuned by")]
+             if line.startswith("#") and "@package" not in line and not line.startswith(("# tuned by", "# on "))]
+    if notes and notes[0] != NOTES_BEFORE:  # the file's own words may describe the values this tuning replaced
+        notes = [NOTES_BEFORE, *notes]
     content = dict(before or {})
     content["method"] = dict(content.get("method") or {}) | best
     content["tuning"] = {"record": record}
