@@ -141,3 +141,18 @@ def test_a_row_says_which_tuned_values_its_run_overrode():
     assert "overridden" not in tuning.recorded({"lr": 0.00024481975040542315, "epochs": 9, "beta": 0.1})
     assert tuning.recorded({"lr": 5e-4, "epochs": 9})["overridden"] == {"lr": 5e-4}
     assert tuning.recorded()["best"]["epochs"] == 9
+
+
+def test_a_run_with_tuned_defaults_carries_their_record_and_what_it_overrode(run_experiment):
+    """conf/tuned/facts/npo.yaml holds the configuration a tuning found and its record (tuning.record); a run with those
+    defaults says where they came from in its row, and which of them it replaced."""
+    from test_llm import ADAMW, TINY_LLM
+
+    composed = compose_config("data=facts", "method=npo")
+    record = OmegaConf.to_container(composed.tuning.record)
+    assert record["validation"]["request"] == "validation" and record["command"].startswith("python -m unlearn tune")
+    assert composed.method.lr == pytest.approx(record["best"]["lr"])
+    row = run_experiment(*TINY_LLM, "method=npo", *ADAMW, "method.lr=5e-4", "method.epochs=2", tiny=False)
+    assert row["tuned"]["best"] == record["best"]
+    assert row["tuned"]["overridden"] == {"lr": 5e-4, "epochs": 2}  # β stays the tuned one
+    assert row["method_params"]["beta"] == pytest.approx(record["best"]["beta"])
