@@ -146,6 +146,15 @@ def test_sweeps_are_told_apart_and_diverged_runs_counted():
     assert "diverged" in render.cells(board)
 
 
+def test_tuning_trials_are_not_ranked():
+    """A trial is the method on a validation request (docs/tuning.md): a search step, not a result to rank."""
+    rows = [row("ga", seed, 1.0) for seed in range(2)]
+    rows += [row("ga", 100, 0.1, params={"lr": 0.5}) | {"trial": {"request": "validation", "select": "last"}}]
+    (board,), _ = boards(frame(rows))
+    assert "ga" in board.entries.index and not any("lr=0.5" in label for label in board.entries.index)
+    assert board.entries.loc["ga", "runs"] == 2
+
+
 def test_real_rows_rank_gradient_ascent_last_on_mnist():
     (board,), _ = boards(load(ROOT / "results" / "mnist.jsonl"))
     methods = board.entries[board.entries["kind"] == "method"]
