@@ -252,9 +252,9 @@ def test_diffusion_refuses_example_wise_forgetting_before_training(tmp_path):
     from conftest import compose_config
 
     with pytest.raises(ConfigError, match="removes examples, not classes"):
-        Experiment(compose_config("data=digits_gen", "forget=random", f"cache_dir={tmp_path}"))
+        Experiment(compose_config("data=digits_gen", "forget=random", f"cache_dir={tmp_path}", "threads=1"))
     assert not any(tmp_path.iterdir())  # nothing trained, nothing cached
-    Experiment(compose_config("data=digits_gen", "forget=worst_case_class", f"cache_dir={tmp_path}"))
+    Experiment(compose_config("data=digits_gen", "forget=worst_case_class", f"cache_dir={tmp_path}", "threads=1"))
 
 
 def test_salun_trains_alike_whether_its_mask_was_computed_or_cached(run_experiment):

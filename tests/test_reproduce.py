@@ -47,10 +47,12 @@ def tiny_table(tmp_path_factory) -> tuple[Path, Path]:
     return table, folder / "cache"
 
 
-def test_the_committed_ci_table_reproduces(tmp_path, capsys):
-    """The seed-0 row of each track of results/reproduce_ci.jsonl, rerun from a fresh cache (4 runs)."""
+def test_the_committed_ci_table_reproduces(shared_cache, capsys):
+    """The seed-0 row of each track of results/reproduce_ci.jsonl, rerun (4 runs) in the session's cache: its settings
+    are the golden cases' (tests/test_golden.py), so the originals, oracles and judges they train, keyed by their code,
+    are trained once for both; the method runs and every metric are recomputed. A fresh cache is the next test's."""
     status = reproduce.main([str(ROOT / "results" / "reproduce_ci.jsonl"), "--seeds", "0", "--cache",
-                             str(tmp_path / "cache")])
+                             str(shared_cache)])
     out = capsys.readouterr().out
     assert status == 0, out[-4000:]
     assert "0 drift, 0 missing" in out and out.count(" s0: ") == 4
