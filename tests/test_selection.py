@@ -3,6 +3,7 @@ drawn like the reported one and shares none of its examples, its oracle is cache
 reported run ends at the chosen checkpoint, and selecting on the reported request or the test split is refused."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -125,7 +126,7 @@ def test_a_stream_selects_each_step_on_the_request_before_it(shared_cache, tmp_p
     x = _experiment(shared_cache, tmp_path, *STREAM, "method.select=best_val")
     scenario = build(x.cfg.scenario)
     last = scenario.run(x, run_dir=tmp_path / "run")
-    rows = [r for r in map(__import__("json").loads, (tmp_path / "table.jsonl").read_text().splitlines())]
+    rows = [json.loads(line) for line in (tmp_path / "table.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and last["step"] == 2
     first, second = rows[0]["selection"], rows[1]["selection"]
     assert first["validation"]["forget"]["step"] == 0 and first["validation"]["forget"]["validation"]
@@ -141,6 +142,14 @@ def test_a_stream_selects_each_step_on_the_request_before_it(shared_cache, tmp_p
     assert second["validation"]["oracle_cached"]  # step 1's oracle, trained once
     plain = _experiment(shared_cache, tmp_path / "plain", *STREAM)
     assert [r.indices.tolist() for r in build(plain.cfg.scenario).requests(plain)] == [sorted(s) for s in stream]
+    # Warm: every model and request now comes from the cache, and the rows are the cold run's.
+    warm = _experiment(shared_cache, tmp_path / "warm", *STREAM, "method.select=best_val")
+    build(warm.cfg.scenario).run(warm, run_dir=tmp_path / "warm" / "run")
+    again = [json.loads(line) for line in (tmp_path / "warm" / "table.jsonl").read_text().splitlines()]
+    strip = lambda m: {k: v for k, v in m.items() if "RTE" not in k and not k.endswith("_s")}  # noqa: E731
+    assert [strip(r["metrics"]) for r in again] == [strip(r["metrics"]) for r in rows]
+    assert [r["selection"]["position"] for r in again] == [first["position"], second["position"]]
+    assert all(r["selection"]["validation"]["oracle_cached"] for r in again)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -134,20 +134,22 @@ class ConceptForget(ForgetBuilder):
         others = [v for v in data.info["axes"][request.axis] if v not in (request.concept, request.guide)]
         return [v for v in others if not reported & set(ConceptForget(concept=v).build(data, 0).indices.tolist())]
 
-    def check_validation(self, data: DataBundle) -> None:
-        if not self._validation_candidates(data):
+    def check_validation(self, data: DataBundle) -> list[str]:
+        """The validation candidates; ConfigError where there are none."""
+        candidates = self._validation_candidates(data)
+        if not candidates:
             request = self.resolve(data)
             raise ConfigError(f"a validation request of another {request.axis} than {request.concept!r} cannot be "
                               f"drawn on {data.name!r}: no other {request.axis} (besides the guide) has images and "
                               f"prompts apart from it")
+        return candidates
 
     def validation(self, data: DataBundle, reported: ForgetSet, seed: int,
                    reference: Optional[Reference] = None) -> ForgetSet:
         """Another concept of the same axis ("blue" beside "red"), drawn from `seed` among those whose images and
         prompts are apart from the request's: erased like it (the run's guide; its own anchor and preserve set),
         against its own oracle, the world without it."""
-        self.check_validation(data)
-        candidates = self._validation_candidates(data)
+        candidates = self.check_validation(data)
         concept = candidates[int(np.random.default_rng(seed).integers(len(candidates)))]
         forget = ConceptForget(concept=concept).build(data, seed)
         forget.description["validation"] = True

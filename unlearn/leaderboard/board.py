@@ -309,8 +309,8 @@ def board(members: pd.DataFrame, setting: dict, metrics: list[str]) -> Board:
 def boards(frame: pd.DataFrame) -> tuple[list[Board], list[tuple[dict, int]]]:
     """Every setting of `frame` (from `unlearn.results.load`) → its Board, in order of appearance; and the settings
     that cannot be ranked (no row has an Avg. Gap: runs without an oracle), as (setting, rows). A stream is ranked
-    at its last step (the setting then names it as `step`). Rows of tuning trials (`trial`: the method on a validation
-request, docs/tuning.md) are left out. Raises UnlearnError when no row has an Avg. Gap."""
+    at its last step (the setting then names it as `step`). Rows of tuning trials (`trial`: the method on a
+    validation request, docs/tuning.md) are left out. Raises UnlearnError when no row has an Avg. Gap."""
     if "avg_gap" not in frame or frame["avg_gap"].isna().all():
         raise UnlearnError("no result row has an Avg. Gap (avg_gap) to rank by: the runs had no oracle "
                            "(e.g. scenario.oracle=false); rank runs that were compared with a retrained model")

@@ -41,15 +41,13 @@ class Selection:
         x = self.x
         t0 = time.perf_counter()
         forget, key, _ = x.request.validation_set(art.original, art.original_key)
-        with x.request.using(forget, key):  # V's oracle: the retrain without V (a concept's: the world without it)
-            validation, _ = self.oracle_of(art, forget, key, on_epoch, time.perf_counter() - t0)
+        validation = self.oracle_of(art, forget, on_epoch, time.perf_counter() - t0)
         return validation, Splits.from_forget_set(x.data()[0], forget), forget, key
 
-    def oracle_of(self, art: "Artifacts", forget: ForgetSet, key: str, on_epoch: EpochCallback | None,
-                  spent: float = 0.0, masks: dict | None = None) -> tuple["Artifacts", str]:
+    def oracle_of(self, art: "Artifacts", forget: ForgetSet, on_epoch: EpochCallback | None, spent: float = 0.0,
+                  masks: dict | None = None) -> "Artifacts":
         """`art`'s starting model with the oracle of the validation request `forget` (the retrain without it, pruned
-        with `masks`, default the starting model's), and that oracle's key; the seconds it took (plus `spent`) in
-        the timings."""
+        with `masks`, default the starting model's); the seconds it took (plus `spent`) in the timings."""
         from unlearn.pipeline.experiment import Artifacts
 
         x = self.x
@@ -58,7 +56,7 @@ class Selection:
         oracle, oracle_key, payload, cached = x.models.oracle_model(art.model_seed, masks, on_epoch, forget=forget)
         timings = {"validation_oracle_s": spent + time.perf_counter() - t0, "validation_oracle_cached": cached}
         return Artifacts(art.model_seed, art.original, art.original_key, oracle, oracle_key,
-                         Clock.of(payload, "train_"), art.timings | timings), oracle_key
+                         Clock.of(payload, "train_"), art.timings | timings)
 
     def choose(self, art: "Artifacts", on_epoch: EpochCallback | None) -> dict[str, Any]:
         """Run the method on the validation request and choose its checkpoint (see `run`)."""

@@ -326,8 +326,7 @@ class Sequence:
         model, identity = start
         nan = float("nan")
         begin = Artifacts(experiment.seed, model, identity, None, None, Clock(nan, nan), {})
-        with experiment.request.using(cum, key, request):
-            validation, _ = experiment.selection.oracle_of(begin, cum, key, on_epoch, masks=masks)
+        validation = experiment.selection.oracle_of(begin, cum, on_epoch, masks=masks)
         splits = self._splits(data, request, cum)
         return experiment.selection.run(validation, splits, cum, key, on_epoch, task_request=request)
 
